@@ -1,0 +1,14 @@
+"""The guide's second example: a CNN with a Dropout layer, on 3x64x64 images.
+
+The guide's own listing sizes its first fully connected layer as 16 * 32 * 32, which is what a
+64x64 input gives after one 2x2 pooling; dropkit's model derives that size from image_size.
+"""
+
+import torch
+
+from dropkit.models import SimpleCNNWithDropout
+
+input_tensor = torch.randn(32, 3, 64, 64)  # a batch of 32 RGB images of size 64x64
+model = SimpleCNNWithDropout(dropout_prob=0.5)
+output = model(input_tensor)
+print(f"Output shape: {tuple(output.shape)}")

@@ -1,0 +1,91 @@
+"""The Dropout module: a drop-in for torch.nn.Dropout on dropkit's stream."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from dropkit.functional._checks import check_dims_syntax, check_mask_storage, check_mode
+from dropkit.functional.dropout import dropout, mask_shape
+from dropkit.layers._base import StreamModule
+
+__all__ = ["Dropout"]
+
+
+class Dropout(StreamModule):
+    r"""During training, zero each element with probability ``p``; a drop-in for torch.nn.Dropout.
+
+    ``mode="inverted"``: training ``y = x * m / (1 - p)``, evaluation ``y = x``.
+    ``mode="classic"``: training ``y = x * m``, evaluation ``y = (1 - p) x``
+    (Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
+    JMLR 2014). See :func:`dropkit.functional.dropout`.
+
+    Args:
+        p: probability of an element being zeroed. Default: 0.5.
+        inplace: do the operation in place. Default: False.
+        mode: "inverted" (default) or "classic".
+        shared_dims: dimensions that share one mask value (Flax's broadcast_dims).
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+        mask_storage: "bits" (default), "seed" or "bool": what is saved for backward.
+
+    Shape:
+        Input: ``(*)``. Output: ``(*)``, same shape.
+
+    Examples:
+        >>> m = Dropout(p=0.4, seed=0)
+        >>> y = m(torch.ones(2, 5))
+        >>> sorted(set(y.flatten().tolist())) == [0.0, 1 / 0.6] or y.shape
+        True
+        >>> _ = m.eval()
+        >>> m(torch.ones(5))
+        tensor([1., 1., 1., 1., 1.])
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        shared_dims: Sequence[int] = (),
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        mask_storage: str = "bits",
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.inplace = bool(inplace)
+        self.mode = check_mode(mode)
+        self.shared_dims = check_dims_syntax(shared_dims)
+        self.mask_storage = check_mask_storage(mask_storage)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        seed, offset = None, 0
+        if self.training and self.p > 0:
+            shape = mask_shape(input.shape, self.shared_dims) if self.shared_dims else input.shape
+            seed, offset = self.take_stream(math.prod(shape))
+        return dropout(
+            input,
+            self.p,
+            self.training,
+            self.inplace,
+            mode=self.mode,
+            shared_dims=self.shared_dims,
+            seed=seed,
+            offset=offset,
+            generator=self.generator,
+            mask_storage=self.mask_storage,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"p={self.p}, inplace={self.inplace}"
+        if self.mode != "inverted":
+            s += f", mode={self.mode!r}"
+        if self.shared_dims:
+            s += f", shared_dims={self.shared_dims}"
+        if self.mask_storage != "bits":
+            s += f", mask_storage={self.mask_storage!r}"
+        return s + self._stream_repr()

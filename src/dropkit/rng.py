@@ -1,0 +1,218 @@
+"""The dropkit random stream ("philox-v1"): Philox4x32-10 and the (seed, offset) contract.
+
+Every mask in dropkit is a pure function of ``(seed, offset, shape, p)``. This module is the
+pure-torch statement of that function; every backend (reference, native CPU, Triton) must
+reproduce it bit for bit. The full specification, with test vectors, is docs/rng.md.
+
+Philox4x32-10 is the counter-based generator of Salmon, Moraes, Dror and Shaw, "Parallel
+Random Numbers: As Easy as 1, 2, 3" (SC'11), as published in the Random123 library.
+
+Words are held in ``torch.int64`` tensors with values in ``[0, 2**32)``: torch has no full
+set of unsigned 32-bit operations on every device, and the 32x32 -> 64-bit products are
+split into 16-bit halves so that no intermediate ever leaves the signed 64-bit range.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = [
+    "STREAM_VERSION",
+    "PHILOX_M0",
+    "PHILOX_M1",
+    "PHILOX_W0",
+    "PHILOX_W1",
+    "philox4x32",
+    "philox_words",
+    "keep_threshold",
+    "words_to_uniform",
+    "blocks_for",
+    "check_seed",
+    "check_offset",
+    "draw_seed",
+    "seed_to_signed",
+    "signed_to_seed",
+]
+
+STREAM_VERSION = "philox-v1"
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+
+_MASK32 = 0xFFFFFFFF
+_U64 = 1 << 64
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """Return ``seed`` as an int after checking it is an integer in ``[0, 2**64)``.
+
+    Raises:
+        TypeError: if ``seed`` is not an integer (bool is refused too).
+        ValueError: if ``seed`` is negative or not below ``2**64``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r} of type {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < _U64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def check_offset(offset: object) -> int:
+    """Return ``offset`` as an int after checking it is an integer in ``[0, 2**64)``."""
+    return check_seed(offset, name="offset")
+
+
+def blocks_for(n: int) -> int:
+    """Stream blocks (of four 32-bit words) that a call using ``n`` words consumes: ceil(n / 4)."""
+    return (n + 3) // 4
+
+
+def keep_threshold(p: float) -> int:
+    """The integer threshold ``t = round(p * 2**32)`` (float64, ties to even).
+
+    A word ``w`` keeps its element iff ``w >= t``; so ``p = 0`` keeps everything and ``p = 1``
+    (``t = 2**32``) drops everything.
+
+    Example:
+        >>> keep_threshold(0.5)
+        2147483648
+    """
+    return int(round(float(p) * 4294967296.0))
+
+
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of ``a * m`` for 32-bit ``a`` and constant ``m``, overflow-free."""
+    m_lo, m_hi = m & 0xFFFF, m >> 16
+    p_lo = a * m_lo  # < 2**48
+    p_hi = a * m_hi  # < 2**48
+    s = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2**49
+    lo = s & _MASK32
+    hi = (p_hi >> 16) + (s >> 32)
+    return hi, lo
+
+
+def _philox_rounds(
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+    c3: torch.Tensor,
+    k0: int,
+    k1: int,
+    rounds: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + PHILOX_W0) & _MASK32
+            k1 = (k1 + PHILOX_W1) & _MASK32
+        hi0, lo0 = _mulhilo(c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo(c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def philox4x32(
+    counter: tuple[int, int, int, int], key: tuple[int, int], rounds: int = 10
+) -> tuple[int, int, int, int]:
+    """Philox4x32 with ``rounds`` rounds of one 128-bit counter under one 64-bit key.
+
+    Each round computes, with ``mulhi``/``mullo`` the halves of a 32x32 -> 64-bit product::
+
+        (c0, c1, c2, c3) <- (mulhi(M1, c2) ^ c1 ^ k0, mullo(M1, c2),
+                             mulhi(M0, c0) ^ c3 ^ k1, mullo(M0, c0))
+
+    and the key is bumped by ``(W0, W1)`` between rounds, with M0 = 0xD2511F53,
+    M1 = 0xCD9E8D57, W0 = 0x9E3779B9, W1 = 0xBB67AE85 (Salmon et al., SC'11).
+
+    Args:
+        counter: four 32-bit words.
+        key: two 32-bit words.
+        rounds: number of rounds (10 is the standard, and the one dropkit uses).
+
+    Returns:
+        The four 32-bit output words, in Philox output order.
+
+    Example:
+        >>> [hex(w) for w in philox4x32((0, 0, 0, 0), (0, 0))]
+        ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
+    """
+    if len(counter) != 4 or len(key) != 2:
+        raise ValueError(f"counter needs 4 words and key 2, got {counter!r} and {key!r}")
+    for w in (*counter, *key):
+        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or not 0 <= int(w) <= _MASK32:
+            raise ValueError(f"Philox words must be ints in [0, 2**32), got {w!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    c = [torch.tensor([int(w)], dtype=torch.int64) for w in counter]
+    out = _philox_rounds(*c, int(key[0]), int(key[1]), int(rounds))
+    return tuple(int(w.item()) for w in out)  # type: ignore[return-value]
+
+
+def philox_words(
+    seed: int, offset: int, n: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The first ``n`` words of the stream ``(seed, offset)`` as an int64 tensor of shape (n,).
+
+    Block ``j`` uses the counter ``c = offset + j`` (mod 2**64) laid out as
+    ``(c mod 2**32, c >> 32, 0, 0)`` under the key ``(seed mod 2**32, seed >> 32)`` and gives
+    the words ``w[4j] .. w[4j + 3]``.
+
+    Example:
+        >>> hex(int(philox_words(0, 0, 1)[0]))
+        '0x6627e8d5'
+    """
+    seed, offset = check_seed(seed), check_offset(offset)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    nblocks = blocks_for(n)
+    j = torch.arange(nblocks, dtype=torch.int64, device=device)
+    lo = (offset & _MASK32) + j
+    c0 = lo & _MASK32
+    c1 = ((offset >> 32) + (lo >> 32)) & _MASK32
+    zero = torch.zeros_like(j)
+    w = torch.stack(_philox_rounds(c0, c1, zero, zero, seed & _MASK32, seed >> 32, 10), dim=1)
+    return w.reshape(-1)[:n]
+
+
+def words_to_uniform(words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Map 32-bit words to uniforms in the open interval (0, 1): ``((w >> 8) + 0.5) * 2**-24``.
+
+    The 24 high bits are used so that every value is exactly representable in float32.
+
+    Example:
+        >>> words_to_uniform(torch.tensor([0, 0xFFFFFFFF])).tolist() == [2**-25, 1 - 2**-25]
+        True
+    """
+    return (((words >> 8).to(torch.float64) + 0.5) * (2.0**-24)).to(dtype)
+
+
+def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw a fresh 64-bit seed from ``generator`` (torch's default CPU generator if None).
+
+    Returns the seed as a 0-dim int64 tensor holding the seed's two's-complement bits, the form
+    the kernels take (it never forces a host sync under torch.compile).
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = draw_seed()
+        >>> _ = torch.manual_seed(0); bool(a == draw_seed())
+        True
+    """
+    device = generator.device if generator is not None else "cpu"
+    hi, lo = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator, device=device)
+    return ((hi << 32) | lo).cpu()
+
+
+def seed_to_signed(seed: int) -> int:
+    """The int64 holding the bits of an unsigned 64-bit seed (for storage in int64 buffers)."""
+    return seed - _U64 if seed >= 1 << 63 else seed
+
+
+def signed_to_seed(value: int) -> int:
+    """Inverse of :func:`seed_to_signed`."""
+    return value & (_U64 - 1)
+
