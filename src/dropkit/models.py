@@ -99,7 +99,8 @@ class SimpleCNNWithDropout(nn.Module):
         super().__init__()
         if _positive("image_size", image_size) % 2:
             raise ValueError(f"image_size must be even (it is pooled by 2), got {image_size}")
-        self.conv1 = nn.Conv2d(_positive("in_channels", in_channels), _positive("channels", channels), 3, padding=1)
+        in_channels = _positive("in_channels", in_channels)
+        self.conv1 = nn.Conv2d(in_channels, _positive("channels", channels), kernel_size=3, padding=1)
         self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         side = image_size // 2
