@@ -181,15 +181,26 @@ def philox_words(
 
 
 def words_to_uniform(words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Map 32-bit words to uniforms in the open interval (0, 1): ``((w >> 8) + 0.5) * 2**-24``.
+    """Map 32-bit words to uniforms in the open interval (0, 1): ``u = ((w >> 8) + 0.5) * 2**-24``.
 
-    The 24 high bits are used so that every value is exactly representable in float32.
+    ``u`` is exact in float64. float32 has one bit too few for the top half of the values, so
+    they are rounded to nearest; the one value that would round to 1.0 (``w >> 8 = 2**24 - 1``)
+    is clamped to the largest float32 below 1, keeping ``log(u)`` and ``log(1 - u)`` finite.
+
+    Args:
+        words: int64 tensor of 32-bit words.
+        dtype: torch.float32 (default) or torch.float64.
 
     Example:
-        >>> words_to_uniform(torch.tensor([0, 0xFFFFFFFF])).tolist() == [2**-25, 1 - 2**-25]
+        >>> words_to_uniform(torch.tensor([0, 0xFFFFFFFF]), torch.float64).tolist() == [2**-25, 1 - 2**-25]
         True
     """
-    return (((words >> 8).to(torch.float64) + 0.5) * (2.0**-24)).to(dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"words_to_uniform gives float32 or float64, got {dtype}")
+    u = ((words >> 8).to(torch.float64) + 0.5) * (2.0**-24)
+    if dtype == torch.float64:
+        return u
+    return u.to(torch.float32).clamp_(max=1.0 - 2.0**-24)
 
 
 def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
