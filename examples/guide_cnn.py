@@ -1,7 +1,7 @@
 """The guide's second example: a CNN with a Dropout layer, on 3x64x64 images.
 
-The guide's own listing sizes its first fully connected layer as 16 * 32 * 32, which is what a
-64x64 input gives after one 2x2 pooling; dropkit's model derives that size from image_size.
+One 2x2 pooling turns the 16 feature maps of 64x64 into 16 x 32 x 32 values, the input size of
+the first fully connected layer; dropkit's model derives that size from image_size.
 """
 
 import torch

@@ -129,3 +129,17 @@ def test_bad_seeds(bad):
 def test_bad_philox_words(counter, key):
     with pytest.raises(ValueError):
         rng.philox4x32(counter, key)
+
+
+def test_docs_vectors():
+    """The test-vector table of docs/rng.md agrees with the scalar generator."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "rng.md").read_text()
+    section = text.split("## Test vectors", 1)[1].split("Masks and outputs", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [r for r in (line.strip("| ").split(" | ") for line in lines) if r[0].isdigit()]
+    assert len(rows) == 4
+    for seed, offset, words in rows:
+        expected = [_word(int(seed), int(offset), i) for i in range(8)]
+        assert [int(w, 16) for w in words.split()] == expected
