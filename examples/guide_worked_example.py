@@ -17,4 +17,5 @@ for mode in ("inverted", "classic"):
     train = layer(x)
     layer.eval()
     infer = layer(x)
-    print(f"{mode:>8}: train {[round(v, 4) for v in train.tolist()]}  eval {[round(v, 4) for v in infer.tolist()]}")
+    rounded = [[round(v, 4) for v in t.tolist()] for t in (train, infer)]
+    print(f"{mode:>8}: train {rounded[0]}  eval {rounded[1]}")
