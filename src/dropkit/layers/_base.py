@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import torch
 from torch import nn
@@ -16,6 +17,29 @@ __all__ = ["StreamModule"]
 # negligible, and a module-level lock keeps modules picklable and deep-copyable.
 _OFFSET_LOCK = threading.Lock()
 
+# How many reservations a seeded module remembers for activation-checkpoint recomputation.
+# Reservations that are never recomputed are the oldest and fall off the end.
+_REPLAY_DEPTH = 1024
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs a backward pass in this thread.
+
+    torch.utils.checkpoint (both modes) recomputes a region's forward inside backward, and an
+    ordinary forward never runs there, so a module called now is being recomputed.
+    """
+    return torch._C._current_graph_task_id() != -1
+
+
+def _may_be_recomputed() -> bool:
+    """Whether torch.utils.checkpoint could recompute the current forward call.
+
+    use_reentrant=False runs the region under saved-tensor hooks; use_reentrant=True runs it with
+    grad disabled. A grad-recording call under no hooks is never recomputed.
+    """
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return not torch.is_grad_enabled() or hooks is not None
+
 
 class StreamModule(nn.Module):
     """Base class of dropkit's stochastic modules: owns where the random bits come from.
@@ -27,6 +51,13 @@ class StreamModule(nn.Module):
       of the ``state_dict``, and each training call reserves the next ``ceil(words / 4)`` blocks
       (atomically, so concurrent calls never share an offset). A run resumed from a checkpoint
       therefore continues with exactly the masks an uninterrupted run would have used.
+
+    Activation checkpointing recomputes a forward inside backward. A seeded module must then
+    reuse the offset of the original call, not reserve a new one (that would give the backward
+    a different mask than the forward used). It remembers its recent reservations and hands
+    them back, newest first, when it is called during a backward pass: checkpointed regions are
+    recomputed in reverse order of their forwards. One module called twice inside a single
+    checkpointed region cannot be matched that way and raises RuntimeError on recomputation.
     """
 
     seed: torch.Tensor | None
@@ -39,6 +70,8 @@ class StreamModule(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
+        self._replay: deque[tuple[torch.Tensor, int]] = deque(maxlen=_REPLAY_DEPTH)
+        self._replay_session: tuple[int, int] | None = None
         if seed is None:
             self.seed = None
             self.offset = None
@@ -61,11 +94,35 @@ class StreamModule(nn.Module):
         if torch.compiler.is_compiling():
             offset = self.offset.clone()
             self.offset.add_(blocks)
-        else:
-            with _OFFSET_LOCK:
-                offset = self.offset.clone()
-                self.offset.add_(blocks)
+            return self.seed, offset
+        with _OFFSET_LOCK:
+            if _in_backward() and self._replay:
+                return self.seed, self._replayed(blocks)
+            offset = self.offset.clone()
+            self.offset.add_(blocks)
+            if _may_be_recomputed():
+                self._replay.append((offset, blocks))
         return self.seed, offset
+
+    def _replayed(self, blocks: int) -> torch.Tensor:
+        # One recomputed region runs inside one autograd node; a second call of this module
+        # within the same node would need an older reservation than the newest one.
+        node = torch._C._current_autograd_node()
+        session = None if node is None else (torch._C._current_graph_task_id(), node._sequence_nr())
+        if session is not None and session == self._replay_session:
+            raise RuntimeError(
+                f"{type(self).__name__}(seed=...) was called more than once inside one checkpointed "
+                "region; its recomputed masks cannot be matched to the original calls. Give each "
+                "call site its own layer."
+            )
+        self._replay_session = session
+        offset, reserved = self._replay.pop()
+        if reserved != blocks:
+            raise RuntimeError(
+                f"recomputed call of {type(self).__name__} needs {blocks} stream blocks but the "
+                f"original call reserved {reserved}: the checkpointed forward is not deterministic"
+            )
+        return offset
 
     def stream_state(self) -> dict[str, int] | None:
         """The module's ``{"seed", "offset"}`` as unsigned ints, or None if it owns no stream."""
