@@ -1,6 +1,6 @@
 """dropkit: the dropout family for PyTorch, on one reproducible random stream."""
 
-from dropkit import functional, rng
+from dropkit import functional, patch, rng, schedules
 from dropkit.functional import dropout, dropout_mask
 from dropkit.layers import Dropout
 from dropkit.rng import STREAM_VERSION, philox4x32
@@ -13,6 +13,8 @@ __all__ = [
     "dropout",
     "dropout_mask",
     "functional",
+    "patch",
     "philox4x32",
     "rng",
+    "schedules",
 ]
