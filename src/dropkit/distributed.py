@@ -163,7 +163,7 @@ def seed_model(
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, StreamModule)]
     with_generator = [n for n, m in layers if m.generator is not None]
     if with_generator:
-        raise ValueError(f"layers {with_generator!r} draw their seeds from a generator; they cannot be seeded too")
+        raise ValueError(f"layers {with_generator!r} draw seeds from a generator; they cannot be seeded too")
     seeds = {}
     for name, module in layers:
         base = sharded_seed if _under(name, prefixes) else replicated
