@@ -1,0 +1,179 @@
+"""dropkit in the PyTorch ecosystem: torch.compile, torch.export, ONNX, pickling, state_dict."""
+
+import copy
+import inspect
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import dropkit
+from dropkit.layers import StreamModule
+from dropkit.patch import patch, unpatch
+
+
+def torch_model():
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 16), nn.Dropout(0.25), nn.Linear(16, 4)
+    )
+
+
+def patched_pair(seed=3):
+    """Two identical patched models (same weights, same per-layer streams)."""
+    torch.manual_seed(0)
+    a = torch_model()
+    b = copy.deepcopy(a)
+    patch(a, seed=seed)
+    patch(b, seed=seed)
+    b[4].shared_dims = (0,)  # one mask over the batch: the keep_mask path of the functional
+    a[4].shared_dims = (0,)
+    return a, b
+
+
+def test_compile_fullgraph_matches_eager_without_recompiling():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    eager, compiled_model = patched_pair()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, backend=counter, fullgraph=True)
+    for _ in range(3):
+        x = torch.randn(5, 8, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        y_eager, y_compiled = eager(x), compiled(x2)
+        torch.testing.assert_close(y_compiled, y_eager, rtol=0, atol=0)
+        y_eager.square().sum().backward()
+        y_compiled.square().sum().backward()
+        torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=0)
+        assert eager[1].offset.item() == compiled_model[1].offset.item() > 0
+    # One frame compiled once: the stream position travels as tensors, never as constants.
+    assert counter.frame_count == 1
+    assert eager[1].offset.item() == 3 * (5 * 16 // 4)
+
+
+def test_no_graph_break():
+    model, _ = patched_pair()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 8))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_compile_inductor_matches_eager():
+    pytest.importorskip("torch._inductor")
+    eager, compiled_model = patched_pair(seed=11)
+    compiled = torch.compile(compiled_model, backend="inductor", fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-6, atol=1e-6)
+    assert eager[1].offset.item() == compiled_model[1].offset.item()
+
+
+def eval_model():
+    torch.manual_seed(1)
+    model = torch_model()
+    patch(model, seed=5)
+    return model.eval()
+
+
+def test_torch_export_eval_has_no_dropout():
+    model = eval_model()
+    x = torch.randn(3, 8)
+    program = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("dropkit" in t or "dropout" in t for t in targets), targets
+    assert torch.equal(program.module()(x), model(x))
+    # Eval-mode inverted dropout is the identity: the torch model before patching agrees.
+    torch.manual_seed(1)
+    assert torch.equal(torch_model().eval()(x), model(x))
+
+
+def test_onnx_export_runs_in_onnxruntime():
+    onnx = pytest.importorskip("onnx", reason="onnx is a test dependency ([dev] extra)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency ([dev] extra)")
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    model = eval_model()
+    model[4] = dropkit.Dropout(0.25, mode="classic").eval()  # classic eval: y = 0.75 x
+    x = torch.randn(3, 8)
+    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    buffer = io.BytesIO()
+    onnx.save(program.model_proto, buffer)
+    proto = onnx.load_from_string(buffer.getvalue())
+    ops = [node.op_type for node in proto.graph.node]
+    assert "Dropout" not in ops and all(node.domain in ("", "ai.onnx") for node in proto.graph.node), ops
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        h = model[3](torch.relu(model[0](x)))
+        expected = model[5](0.75 * h)
+    assert abs(out - expected.numpy()).max() <= 1e-5
+
+
+def dropkit_layer_classes():
+    classes = []
+    for name in sorted(dir(dropkit)):
+        obj = getattr(dropkit, name)
+        if isinstance(obj, type) and issubclass(obj, StreamModule) and obj is not StreamModule:
+            classes.append(obj)
+    return classes
+
+
+def build(cls, **kwargs):
+    """An instance with the constructor's defaults, p=0.3 where there is a rate."""
+    params = inspect.signature(cls.__init__).parameters
+    required = [
+        n
+        for n, p in params.items()
+        if n != "self" and p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    if any(n != "p" for n in required):
+        pytest.skip(f"{cls.__name__} needs constructor arguments {required}")
+    if "p" in params:
+        kwargs["p"] = 0.3
+    return cls(**kwargs)
+
+
+def first_output(layer):
+    """The layer's training output on the first input shape it accepts (N, C, ... ranks 2 to 5)."""
+    for shape in ((2, 3, 4, 5), (2, 3, 4), (2, 3, 4, 5, 6), (4, 6)):
+        try:
+            return layer(torch.arange(float(torch.Size(shape).numel())).view(shape) + 1)
+        except (ValueError, RuntimeError, TypeError):
+            continue
+    pytest.skip(f"{type(layer).__name__} accepts none of the test shapes")
+
+
+@pytest.mark.parametrize("cls", dropkit_layer_classes(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_every_layer_pickles_and_deepcopies(cls, how):
+    layer = build(cls, seed=9)
+    first_output(layer)  # advance the stream: the copy must continue from here, not from 0
+    clone = pickle.loads(pickle.dumps(layer)) if how == "pickle" else copy.deepcopy(layer)
+    assert type(clone) is cls and repr(clone) == repr(layer)
+    assert clone.stream_state() == layer.stream_state()
+    torch.testing.assert_close(first_output(clone), first_output(layer), rtol=0, atol=0)
+
+
+def test_state_dict_round_trip_without_seed():
+    plain = torch_model()
+    patched = torch_model()
+    patch(patched)
+    patched.load_state_dict(plain.state_dict())  # strict: unseeded replacements add no buffers
+    for a, b in zip(plain.parameters(), patched.parameters(), strict=True):
+        assert torch.equal(a, b)
+    back = torch_model()
+    back.load_state_dict(patched.state_dict())
+    unpatch(patched)
+    assert set(patched.state_dict()) == set(back.state_dict())
+
+
+def test_state_dict_with_seeded_layers_needs_non_strict_loading():
+    plain = torch_model()
+    patched = torch_model()
+    patch(patched, seed=1)
+    stream_keys = {"1.seed", "1.offset", "4.seed", "4.offset"}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        patched.load_state_dict(plain.state_dict())
+    result = patched.load_state_dict(plain.state_dict(), strict=False)
+    assert set(result.missing_keys) == stream_keys and not result.unexpected_keys
+    result = torch_model().load_state_dict(patched.state_dict(), strict=False)
+    assert set(result.unexpected_keys) == stream_keys and not result.missing_keys
