@@ -49,10 +49,20 @@ def _check_output(out: object, rows: int) -> torch.Tensor:
 def _forward_rows(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """The model on rows ``start..stop-1`` of ``x`` repeated along dim 0 (row ``r`` is ``x[r % N]``)."""
     n = x.shape[0]
-    if start % n + (stop - start) <= n:
-        chunk = x[start % n : start % n + (stop - start)]
-    else:
-        chunk = x[torch.arange(start, stop, device=x.device) % n]
+    pieces = []
+    row = start
+    while row < stop:
+        first = row % n
+        if first == 0 and stop - row >= 2 * n:
+            # Whole copies in one go (an expand is a view; reshape makes the one copy needed).
+            k = (stop - row) // n
+            pieces.append(x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:]))
+            row += k * n
+        else:
+            take = min(n - first, stop - row)
+            pieces.append(x[first : first + take])
+            row += take
+    chunk = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     return _check_output(model(chunk), stop - start)
 
 
@@ -178,7 +188,7 @@ def mc_predict(
                 for _ in range(repeats)
                 for start in range(0, rows, chunk)
             ]
-            out = torch.cat(outs)
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
             return out.view(samples, n, *out.shape[1:])
     finally:
         if override is not None:
