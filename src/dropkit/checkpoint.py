@@ -1,0 +1,144 @@
+"""Save and load a model trained by ``dropkit train``: plain tensors, lists and numbers only.
+
+The file is a dict that ``torch.load(path, weights_only=True)`` reads without unpickling any
+object: ``format`` ("dropkit-model"), ``version``, the model's ``state_dict`` (weights and the
+dropout layers' stream buffers), the feature ``scaler`` (mean and std tensors), for regression
+the target scaler and the training residual variance, and a ``config`` of ints, floats, strings
+and lists from which the model is rebuilt.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dropkit.data import DataError, Dataset, Standardizer
+from dropkit.models import SimpleModelWithDropout
+from dropkit.training import Prepared, RunResult, TrainConfig, build_model
+
+__all__ = ["FORMAT", "LoadedModel", "load_model", "save_model"]
+
+FORMAT = "dropkit-model"
+VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, in eval mode, with what is needed to use it.
+
+    Attributes:
+        model: the MLP.
+        task: "classification" or "regression".
+        feature_names: the input columns the model expects, in order.
+        classes: the label of each output (classification).
+        scaler: the feature standardization fitted on the training rows.
+        y_scaler: the target standardization (regression).
+        noise_variance: the training residual variance in target units (regression).
+        config: the stored settings.
+    """
+
+    model: SimpleModelWithDropout
+    task: str
+    feature_names: list[str]
+    classes: list[str]
+    scaler: Standardizer
+    y_scaler: Standardizer | None
+    noise_variance: float
+    config: dict[str, object]
+
+
+def save_model(path: str | Path, run: RunResult, data: Dataset, prepared: Prepared) -> Path:
+    """Write ``run``'s model with its scalers and settings to ``path``.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from dropkit.training import prepare, train_run
+        >>> d = Dataset(np.random.default_rng(0).normal(size=(20, 2)), np.arange(20) % 2, "classification",
+        ...             ["a", "b"], "y", ["no", "yes"])
+        >>> prep = prepare(d, np.arange(15), np.arange(15, 20))
+        >>> run = train_run(prep, TrainConfig(epochs=1, hidden=4))
+        >>> f = save_model(Path(tempfile.mkdtemp()) / "m.pt", run, d, prep)
+        >>> load_model(f).classes
+        ['no', 'yes']
+    """
+    assert run.model is not None, "the run kept no model"
+    noise = 0.0
+    if prepared.task == "regression":
+        with torch.no_grad():
+            err = run.model.eval()(prepared.x_train)[:, 0] - prepared.y_train
+        noise = err.pow(2).mean().item() * float(prepared.y_scaler.std[0]) ** 2  # type: ignore[union-attr]
+    cfg = run.config
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": run.model.state_dict(),
+        "scaler": prepared.scaler.to_tensors(),
+        "y_scaler": prepared.y_scaler.to_tensors() if prepared.y_scaler is not None else None,
+        "noise_variance": noise,
+        "config": {
+            "task": data.task, "in_features": prepared.x_train.shape[1], "num_outputs": data.num_outputs,
+            "hidden": cfg.hidden, "p": cfg.p, "input_p": cfg.input_p, "seed": cfg.seed,
+            "feature_names": list(data.feature_names), "classes": list(data.classes), "target": data.target,
+        },
+    }
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def _not_ours(path: Path, why: str) -> DataError:
+    return DataError(f"{path}: not a dropkit model file ({why}); make one with `dropkit train --save FILE`")
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a checkpoint written by :func:`save_model` with ``torch.load(weights_only=True)``.
+
+    Raises:
+        DataError: if the file is missing, unreadable, or not a dropkit model.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "x.pt"
+        >>> torch.save({"weights": torch.zeros(2)}, f)
+        >>> load_model(f)
+        Traceback (most recent call last):
+        ...
+        dropkit.data.DataError: ...x.pt: not a dropkit model file (no 'format': 'dropkit-model' entry); ...
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        first_line = str(e).splitlines()[0] if str(e) else "unreadable"
+        raise _not_ours(path, f"{type(e).__name__}: {first_line}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise _not_ours(path, f"no 'format': '{FORMAT}' entry")
+    if state.get("version") != VERSION:
+        raise _not_ours(path, f"format version {state.get('version')!r}, this dropkit reads {VERSION}")
+    try:
+        cfg = state["config"]
+        train_cfg = TrainConfig(p=cfg["p"], input_p=cfg["input_p"], hidden=cfg["hidden"], seed=cfg["seed"])
+        model = build_model(cfg["in_features"], cfg["num_outputs"], train_cfg)
+        model.load_state_dict(state["state_dict"])
+        scaler = Standardizer.from_tensors(state["scaler"])
+        y_scaler = Standardizer.from_tensors(state["y_scaler"]) if state["y_scaler"] is not None else None
+        noise = float(state["noise_variance"])
+        if cfg["task"] not in ("classification", "regression") or not math.isfinite(noise):
+            raise ValueError(f"task {cfg['task']!r}, noise variance {noise!r}")
+        if len(scaler.mean) != cfg["in_features"] or len(cfg["feature_names"]) != cfg["in_features"]:
+            raise ValueError("the scaler or feature names do not match the input size")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise _not_ours(path, f"damaged content: {str(e).splitlines()[0]}") from None
+    return LoadedModel(model.eval(), cfg["task"], list(cfg["feature_names"]), list(cfg["classes"]), scaler,
+                       y_scaler, noise, cfg)
