@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.dropkit-installed
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install bench lint docs clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard src/dropkit/backends/cpu/*.c src/dropkit/backends/cpu/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
+
+# The documentation site, into site/; --strict turns every broken reference into an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,46 @@
+"""MkDocs hook: show docstring examples written as doctests (``>>>``) as code blocks.
+
+The docstrings put their examples under an ``Example:`` heading, which griffe's Google-style
+parser renders as an admonition of Markdown text rather than as an examples section, so the
+``>>>`` lines and their output would be read as prose (and ``[0.1, 0.2]`` as a link). This
+hook adds a Markdown preprocessor that fences each run of doctest lines, up to the next blank
+line, as a ``pycon`` code block.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from markdown import Markdown
+from markdown.extensions import Extension
+from markdown.preprocessors import Preprocessor
+
+
+class _DoctestFences(Preprocessor):
+    def run(self, lines: list[str]) -> list[str]:
+        out: list[str] = []
+        block: list[str] = []
+        in_fence = False
+        for line in [*lines, ""]:
+            if line.lstrip().startswith(("```", "~~~")) and not block:
+                in_fence = not in_fence
+            if block and not line.strip():
+                out += ["", "```pycon", *textwrap.dedent("\n".join(block)).split("\n"), "```", ""]
+                block = []
+            elif block or (not in_fence and line.lstrip().startswith(">>> ")):
+                block.append(line)
+                continue
+            out.append(line)
+        return out[:-1]
+
+
+class DoctestFences(Extension):
+    """Markdown extension registering the doctest-fencing preprocessor."""
+
+    def extendMarkdown(self, md: Markdown) -> None:
+        md.preprocessors.register(_DoctestFences(md), "dropkit_doctest_fences", 40)
+
+
+def on_config(config):
+    config.markdown_extensions.append(DoctestFences())
+    return config
