@@ -111,7 +111,7 @@ def test_dropout_through_ops_autograd_and_saved_bytes(storage):
             y = dropout(x, 0.3, seed=99, offset=2**32 - 1, mask_storage=storage)
             (gx,) = torch.autograd.grad(y, x, g)
         results[backend] = (y, gx, sum(saved_bytes))
-    for a, b in zip(results["triton"], results["reference"][:2]):
+    for a, b in zip(results["triton"][:2], results["reference"][:2], strict=True):
         assert_identical(a, b)
     expected = {"bits": (x.numel() + 7) // 8, "seed": 0, "bool": x.numel()}[storage]
     assert results["triton"][2] == results["reference"][2] == expected
@@ -137,7 +137,7 @@ def test_fused_matches_unfused_composition(shape, norm, storage):
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
         x, r = (torch.randn(shape, generator=gen, dtype=dtype).requires_grad_() for _ in range(2))
         w, b = (torch.randn(shape[-1], generator=gen, dtype=dtype).requires_grad_() for _ in range(2))
-        gy, gh = torch.randn(shape, generator=gen, dtype=dtype), torch.randn(shape, generator=gen, dtype=dtype)
+        gy, gh = (torch.randn(shape, generator=gen, dtype=dtype) for _ in range(2))
         with use_backend("triton"):
             y, h = dropout_add_norm(
                 x, r, w, b, p=p, norm=norm, eps=eps, prenorm=True, seed=seed, offset=offset,
@@ -149,7 +149,7 @@ def test_fused_matches_unfused_composition(shape, norm, storage):
         # The mask and the rounded sum are exact; the norm agrees to rounding.
         assert_identical(h, h_ref)
         torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
-        for got, want in zip(grads, grads_ref):
+        for got, want in zip(grads, grads_ref, strict=True):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol)
         # dx is the core mask applied to d(residual), exactly.
         keep = dropout_mask(shape, p, seed=seed, offset=offset)

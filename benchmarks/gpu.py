@@ -1,0 +1,169 @@
+"""dropkit's Triton kernels against PyTorch on the GPU at hand, measured side by side in one run.
+
+Prints, with the device name:
+  * dropout forward and forward+backward for 2**24 and 2**28 elements in bf16 and fp32:
+    dropkit vs ``torch.nn.functional.dropout``, and effective GB/s vs a device copy of the same
+    tensor (``y.copy_(x)``: the bandwidth floor for a read-once, write-once kernel);
+  * the fused ``dropout_add_norm`` at 8192 x 4096 bf16 vs torch eager (dropout, add,
+    layer_norm) and vs ``torch.compile`` of the same three ops, forward and forward+backward;
+  * bytes saved for backward per element, counted with torch.autograd.graph.saved_tensors_hooks.
+
+Times are GPU medians from ``triton.testing.do_bench`` (which flushes L2 between runs). Needs
+only torch, triton and dropkit; exits with status 2 and a message when there is no CUDA device
+or no triton. Run: ``python benchmarks/gpu.py [--quick]`` (under 5 minutes on an H100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import dropkit
+from dropkit.functional import dropout_add_norm
+from dropkit.ops import backend_name
+
+P = 0.1
+SEED = 1234
+DEVICE = "cuda"
+
+
+def saved_bytes_per_element(fn: Callable[[], object], numel: int) -> float:
+    """Bytes that autograd keeps for backward while ``fn`` runs, per element of the input.
+
+    Tensors are counted once per storage, and inputs the caller holds anyway (leaves that
+    require grad, parameters) are skipped, so the figure is the extra memory of the op.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not (t.is_leaf and t.requires_grad):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / numel
+
+
+def ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=60))
+
+
+def dropout_rows(n: int, dtype: torch.dtype) -> list[tuple[str, str]]:
+    x = torch.randn(n, device=DEVICE, dtype=dtype)
+    xg = x.detach().requires_grad_()
+    g = torch.randn_like(x)
+    y = torch.empty_like(x)
+    size = x.element_size()
+    copy = ms(lambda: y.copy_(x))
+    copy_gbs = 2 * n * size / copy / 1e6
+
+    def ours_fwd(storage: str) -> Callable[[], object]:
+        return lambda: dropkit.dropout(xg, P, seed=SEED, mask_storage=storage)
+
+    def ours_fwd_bwd(storage: str) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(dropkit.dropout(xg, P, seed=SEED, mask_storage=storage), xg, g)
+
+    torch_fwd = ms(lambda: F.dropout(xg, P))
+    torch_fb = ms(lambda: torch.autograd.grad(F.dropout(xg, P), xg, g))
+    name = f"2^{n.bit_length() - 1} {str(dtype).removeprefix('torch.')}"
+    rows = [(f"{name} copy", f"{copy:8.3f} ms  {copy_gbs:7.0f} GB/s (floor)")]
+    for storage in ("bits", "seed"):
+        fwd = ms(ours_fwd(storage))
+        # Bytes moved: read x, write y, plus the packed mask for "bits".
+        moved = 2 * n * size + (n / 8 if storage == "bits" else 0)
+        fb = ms(ours_fwd_bwd(storage))
+        gbs = moved / fwd / 1e6
+        rows.append((
+            f"{name} fwd [{storage}]",
+            f"{fwd:8.3f} ms  {gbs:7.0f} GB/s = {gbs / copy_gbs:5.2f} of copy"
+            f"  torch/dropkit {torch_fwd / fwd:5.2f}x",
+        ))
+        rows.append((f"{name} fwd+bwd [{storage}]", f"{fb:8.3f} ms  torch/dropkit {torch_fb / fb:5.2f}x"))
+    rows.append((f"{name} torch F.dropout", f"fwd {torch_fwd:8.3f} ms  fwd+bwd {torch_fb:8.3f} ms"))
+    for storage in ("bits", "seed", "bool"):
+        b = saved_bytes_per_element(ours_fwd(storage), n)
+        rows.append((f"{name} saved B/elem [{storage}]", f"{b:.4f}"))
+    b = saved_bytes_per_element(lambda: F.dropout(xg, P), n)
+    rows.append((f"{name} saved B/elem [torch]", f"{b:.4f}"))
+    return rows
+
+
+def fused_rows(m: int, c: int, compile_too: bool) -> list[tuple[str, str]]:
+    dtype = torch.bfloat16
+    x = torch.randn(m, c, device=DEVICE, dtype=dtype, requires_grad=True)
+    r = torch.randn(m, c, device=DEVICE, dtype=dtype, requires_grad=True)
+    w = torch.randn(c, device=DEVICE, dtype=dtype, requires_grad=True)
+    b = torch.randn(c, device=DEVICE, dtype=dtype, requires_grad=True)
+    gy = torch.randn_like(x)
+
+    def eager(x, r, w, b):
+        return F.layer_norm(F.dropout(x, P) + r, (c,), w, b)
+
+    def ours(x, r, w, b):
+        return dropout_add_norm(x, r, w, b, p=P, seed=SEED)
+
+    cases = {"dropkit fused": ours, "torch eager": eager}
+    if compile_too:
+        cases["torch.compile"] = torch.compile(eager)
+    fwd, fb = {}, {}
+    for name, fn in cases.items():
+        with torch.no_grad():
+            fwd[name] = ms(lambda fn=fn: fn(x, r, w, b))
+        fb[name] = ms(lambda fn=fn: torch.autograd.grad(fn(x, r, w, b), (x, r, w, b), gy))
+    rows = []
+    label = f"{m}x{c} bf16"
+    for name in cases:
+        rows.append((
+            f"{label} {name}",
+            f"fwd {fwd[name]:8.3f} ms ({fwd[name] / fwd['dropkit fused']:5.2f}x dropkit)"
+            f"  fwd+bwd {fb[name]:8.3f} ms ({fb[name] / fb['dropkit fused']:5.2f}x dropkit)",
+        ))
+    for name, fn in (("dropkit fused", ours), ("torch eager", eager)):
+        saved = saved_bytes_per_element(lambda fn=fn: fn(x, r, w, b), m * c)
+        rows.append((f"{label} saved B/elem [{name}]", f"{saved:.4f}"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2**24 elements only, no torch.compile")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/gpu.py needs a CUDA device; none is visible to torch here. Nothing measured.")
+        return 2
+    try:
+        import triton
+    except ImportError:
+        print("benchmarks/gpu.py needs triton (pip install 'dropkit[gpu]'). Nothing measured.")
+        return 2
+    if backend_name("cuda") != "triton":
+        print("dropkit's Triton backend did not load (see the warning above). Nothing measured.")
+        return 2
+    start = time.perf_counter()
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    print(f"dropout p={P}; times are GPU medians (triton.testing.do_bench)")
+    sizes = (2**24,) if args.quick else (2**24, 2**28)
+    rows = []
+    for n in sizes:
+        for dtype in (torch.bfloat16, torch.float32):
+            rows += dropout_rows(n, dtype)
+            torch.cuda.empty_cache()
+    rows += fused_rows(8192, 4096, compile_too=not args.quick)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
