@@ -282,5 +282,6 @@ def dropout_backward(
         saved = saved.reshape(-1).contiguous()
         bits = saved.data_ptr() if storage == "bits" else None
         bools = saved.data_ptr() if storage == "bool" else None
-        _run(dtype, grad.data_ptr(), out.data_ptr(), bits, bools, None, None, seed, offset, threshold, scale, n)
+        g_ptr, out_ptr = grad.data_ptr(), out.data_ptr()
+        _run(dtype, g_ptr, out_ptr, bits, bools, None, None, seed, offset, threshold, scale, n)
     return out

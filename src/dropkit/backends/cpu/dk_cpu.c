@@ -72,6 +72,18 @@ static void run_part(const dk_job *job, uint64_t start, uint64_t n) {
             for (size_t i = 0; i < m; i++) masks[i >> 6] |= (uint64_t)(job->bool_in[t + i] != 0) << (i & 63);
         } else if (job->stream.keep_all) {
             memset(masks, 0xFF, sizeof masks);
+        } else if (job->x) {
+            /* The words are pure arithmetic and the apply step pure memory traffic: prefetching
+             * the tile's input while its masks are computed lets the two overlap. */
+            const char *xt = job->x + t * job->esz, *yt = job->y + t * job->esz;
+            size_t chunk_bytes = DK_CHUNK * job->esz;
+            for (size_t q = 0; q < nch; q++) {
+                for (size_t b = 0; b < chunk_bytes; b += 64) {
+                    __builtin_prefetch(xt + q * chunk_bytes + b, 0, 3);
+                    __builtin_prefetch(yt + q * chunk_bytes + b, 1, 3);
+                }
+                job->ops->gen(&job->stream, (job->index0 + t) / DK_CHUNK + q, 1, masks + q);
+            }
         } else {
             job->ops->gen(&job->stream, (job->index0 + t) / DK_CHUNK, nch, masks);
         }

@@ -1,0 +1,166 @@
+"""The native CPU backend against the reference backend, bit for bit, on every SIMD path."""
+
+import functools
+
+import pytest
+import torch
+
+import dropkit
+from dropkit.backends import reference
+from dropkit.ops import use_backend
+
+cpu = pytest.importorskip("dropkit.backends.cpu")
+pytestmark = pytest.mark.skipif(cpu.load_error() is not None, reason=f"native kernel: {cpu.load_error()}")
+
+ISAS = cpu.available_isas()
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+SIZES = [0, 1, 3, 5, 7, 8, 63, 64, 65, 1000, 4097]
+# thresholds t = round(p * 2**32) for p = 0, tiny, 0.1, 0.5, 1 - 2**-32 and 1
+THRESHOLDS = [0, 4, 429496730, 2**31, 2**32 - 1, 2**32]
+SEEDS_OFFSETS = [(0, 0), (2**64 - 1, 2**32 - 3), (987654321987, 2**64 - 5)]
+STORAGES = ["bits", "seed", "bool"]
+SCALE = 1 / 0.7
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    monkeypatch.setenv("DROPKIT_CPU_ISA", request.param)
+    return request.param
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's raw bits as integers, so that -0.0 != +0.0 and NaN payloads count."""
+    view = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    return t.contiguous().view(view)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    if actual.dtype in (torch.float16, torch.bfloat16):
+        # torch's own half conversions give different NaN payloads for small and large tensors,
+        # so NaNs are compared as NaNs and everything else bit for bit.
+        nan = torch.isnan(expected)
+        assert torch.equal(torch.isnan(actual), nan)
+        assert torch.equal(as_bits(actual)[~nan], as_bits(expected)[~nan])
+    else:
+        assert torch.equal(as_bits(actual), as_bits(expected))
+
+
+def make_input(n: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype)
+    if n >= 8:
+        x[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0], dtype=dtype)
+    return x
+
+
+@functools.cache
+def expected(n, dtype, seed, offset, threshold, storage):
+    x = make_input(n, dtype)
+    y, saved = reference.dropout_forward(x, seed, offset, threshold, SCALE, storage)
+    grad = make_input(n + 1, dtype)[1:]
+    grad_in = reference.dropout_backward(grad, saved, seed, offset, threshold, SCALE, storage)
+    return x, y, saved, grad, grad_in
+
+
+def check_case(n, dtype, seed, offset, threshold, storage):
+    x, y_ref, saved_ref, grad, grad_ref = expected(n, dtype, seed, offset, threshold, storage)
+    y, saved = cpu.dropout_forward(x, seed, offset, threshold, SCALE, storage)
+    assert_same(y, y_ref)
+    assert saved.dtype == saved_ref.dtype and torch.equal(saved, saved_ref)
+    assert_same(cpu.dropout_backward(grad, saved, seed, offset, threshold, SCALE, storage), grad_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_backward_bit_identical(isa, dtype):
+    for i, n in enumerate(SIZES):
+        for j, threshold in enumerate(THRESHOLDS):
+            seed, offset = SEEDS_OFFSETS[(i + j) % len(SEEDS_OFFSETS)]
+            for storage in STORAGES:
+                check_case(n, dtype, seed, offset, threshold, storage)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("seed,offset", SEEDS_OFFSETS)
+def test_threads_and_counter_wrap(isa, threads, seed, offset):
+    # large enough for two threads; offsets near 2**32 and 2**64 wrap inside the call
+    n = 3 * 2**16 + 77
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype, storage in [(torch.float32, "bits"), (torch.bfloat16, "seed")]:
+            check_case(n, dtype, seed, offset, 2**31, storage)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("index0", [2**31 + 2**20, 2**32 - 64, 2**34 + 192, 2**62])
+@pytest.mark.parametrize("offset", [0, 2**64 - 2**28])
+def test_index_arithmetic_past_2_32_elements(isa, index0, offset):
+    # Element index0 + i uses word index0 + i of the call: block (index0 + i) // 4, i.e. a call
+    # starting index0 // 4 blocks later, which the reference computes without 2**32 elements.
+    x = make_input(300, torch.float32)
+    y, bits = cpu.run_range(index0, x, 77, offset, 2**31, SCALE)
+    y_ref, bits_ref = reference.dropout_forward(x, 77, (offset + index0 // 4) % 2**64, 2**31, SCALE, "bits")
+    assert_same(y, y_ref)
+    assert torch.equal(bits, bits_ref)
+
+
+def test_run_range_rejects_unaligned_index():
+    with pytest.raises(ValueError, match="100"):
+        cpu.run_range(100, torch.ones(8), 0, 0, 2**31)
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 64, 1000])
+def test_keep_mask_and_pack_mask(isa, n):
+    for threshold in THRESHOLDS:
+        mask = cpu.keep_mask(n, 5, 2**32 - 1, threshold)
+        assert torch.equal(mask, reference.keep_mask(n, 5, 2**32 - 1, threshold))
+        assert torch.equal(cpu.pack_mask(mask), reference.pack_mask(mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_precision_value(isa, dtype):
+    # all 65536 bit patterns: rounding ties, subnormals, overflow to inf, NaN
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    for scale in (SCALE, 1.0, 3.0):
+        y, _ = cpu.dropout_forward(x, 3, 0, 2**30, scale, "seed")
+        assert_same(y, reference.dropout_forward(x, 3, 0, 2**30, scale, "seed")[0])
+
+
+def test_forced_isa_errors(monkeypatch):
+    monkeypatch.setenv("DROPKIT_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="sse9"):
+        cpu.dropout_forward(torch.ones(4), 0, 0, 1, 1.0, "bits")
+
+
+def test_ops_use_the_native_backend():
+    assert dropkit.ops.backend_name("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_gradcheck_float64(isa, storage):
+    x = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
+    with use_backend("native"):
+        f = lambda t: dropkit.dropout(t, 0.3, seed=4, offset=9, mask_storage=storage)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,))
+        assert torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "sliced"])
+def test_strided_inputs_match_reference(isa, layout):
+    base = torch.randn(4, 6, 5, 7)
+    x = {
+        "transposed": base.transpose(1, 3),
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "sliced": base[:, ::2, 1:, ::3],
+    }[layout].requires_grad_(True)
+    outs = []
+    for name in ("native", "reference"):
+        with use_backend(name):
+            leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+            y = dropkit.dropout(leaf, 0.4, seed=8, offset=1)
+            y.backward(torch.arange(y.numel(), dtype=y.dtype).view(y.shape))
+            outs.append((y.detach(), leaf.grad))
+    assert_same(outs[0][0], outs[1][0])
+    assert_same(outs[0][1], outs[1][1])
