@@ -1,8 +1,27 @@
 """dropkit: the dropout family for PyTorch, on one reproducible random stream."""
 
 from dropkit import functional, patch, rng, schedules
-from dropkit.functional import dropout, dropout_mask
-from dropkit.layers import Dropout
+from dropkit.functional import drop_path_rates, dropout, dropout_mask, rdrop_loss
+from dropkit.layers import (
+    AlphaDropout,
+    ConcreteDropout,
+    DropBlock2d,
+    DropBlock3d,
+    DropConnect,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    DropPath,
+    EmbeddingDropout,
+    FeatureAlphaDropout,
+    GaussianDropout,
+    GaussianNoise,
+    LockedDropout,
+    StochasticDepth,
+    WeightDrop,
+    concrete_regularization,
+)
 from dropkit.rng import STREAM_VERSION, philox4x32
 
 __version__ = "0.1.0"
@@ -17,4 +36,27 @@ __all__ = [
     "philox4x32",
     "rng",
     "schedules",
+]
+
+# The dropout family (issue 4).
+__all__ += [
+    "AlphaDropout",
+    "ConcreteDropout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropConnect",
+    "DropPath",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "EmbeddingDropout",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "LockedDropout",
+    "StochasticDepth",
+    "WeightDrop",
+    "concrete_regularization",
+    "drop_path_rates",
+    "rdrop_loss",
 ]

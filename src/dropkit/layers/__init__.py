@@ -1,6 +1,35 @@
 """dropkit.layers: nn.Module wrappers of dropkit.functional (validation, buffers, extra_repr)."""
 
 from dropkit.layers._base import StreamModule
+from dropkit.layers.alpha import AlphaDropout, FeatureAlphaDropout
+from dropkit.layers.concrete import ConcreteDropout, concrete_regularization
+from dropkit.layers.dropblock import DropBlock2d, DropBlock3d
 from dropkit.layers.dropout import Dropout
+from dropkit.layers.droppath import DropPath, StochasticDepth
+from dropkit.layers.noise import GaussianDropout, GaussianNoise
+from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
+from dropkit.layers.spatial import Dropout1d, Dropout2d, Dropout3d
+from dropkit.layers.weight import DropConnect, WeightDrop
 
 __all__ = ["StreamModule", "Dropout"]
+
+# The dropout family (issue 4).
+__all__ += [
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "ConcreteDropout",
+    "concrete_regularization",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropPath",
+    "StochasticDepth",
+    "GaussianDropout",
+    "GaussianNoise",
+    "EmbeddingDropout",
+    "LockedDropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "DropConnect",
+    "WeightDrop",
+]

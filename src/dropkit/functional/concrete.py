@@ -1,0 +1,122 @@
+"""Concrete dropout (Gal, Hron and Kendall, "Concrete Dropout", NeurIPS 2017).
+
+The drop probability is learned: the Bernoulli mask is replaced by its continuous relaxation
+(the Concrete / relaxed Bernoulli distribution), which is differentiable in ``p``:
+
+    z = sigmoid((log p - log(1 - p) + log u - log(1 - u)) / t),   u ~ U(0, 1),
+    y = x * (1 - z) / (1 - p),
+
+with temperature ``t = 0.1`` (2/3 for the spatial, per-channel form). ``z`` is the relaxed
+*drop* indicator. The training loss adds the regularizer (the KL term of the paper's
+variational objective, in the form of the authors' code)
+
+    R = weight_regularizer * ||W||^2 / (1 - p)
+        + dropout_regularizer * input_dim * (p log p + (1 - p) log(1 - p)),
+
+where ``W`` are the parameters of the layer that follows the dropout, ``input_dim`` its
+input dimension, ``weight_regularizer = l^2 / N`` and ``dropout_regularizer = 2 / N`` for
+prior length-scale ``l`` and ``N`` training points (``p log p + (1 - p) log(1 - p)`` is minus
+the Bernoulli entropy, so the term pulls ``p`` toward 1/2).
+
+Uniform ``i`` of the call (row-major over the mask shape) is ``U(w[i])``; a call uses one
+word per mask element, drawn by the pure-torch reference generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from dropkit.functional._checks import check_dims, check_floating
+from dropkit.functional._noise import opmath, stream_uniform
+from dropkit.functional.dropout import mask_shape
+
+__all__ = ["concrete_dropout", "concrete_regularizer"]
+
+
+def concrete_dropout(
+    input: torch.Tensor,
+    p_logit: torch.Tensor,
+    temperature: float = 0.1,
+    training: bool = True,
+    *,
+    shared_dims: Sequence[int] = (),
+    seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Relaxed-Bernoulli dropout with drop probability ``p = sigmoid(p_logit)``.
+
+    ``y = x * (1 - z) / (1 - p)`` with
+    ``z = sigmoid((p_logit + log u - log(1 - u)) / temperature)``; differentiable in
+    ``p_logit`` (Gal, Hron and Kendall 2017). ``log p - log(1 - p)`` is taken as ``p_logit``
+    itself, which is exact and never overflows. Identity when ``training`` is False.
+
+    Args:
+        input: floating-point tensor.
+        p_logit: 0-dim tensor, the logit of the drop probability (learnable).
+        temperature: relaxation temperature > 0 (0.1; 2/3 for per-channel masks).
+        training: identity when False.
+        shared_dims: dims sharing one mask value (the spatial dims for the spatial form).
+        seed, offset, generator: the stream position, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        Input: ``(*)``, e.g. (N, C) or (N, C, H, W). Output: same shape.
+
+    Example:
+        >>> logit = torch.tensor(math.log(0.1 / 0.9), requires_grad=True)
+        >>> y = concrete_dropout(torch.ones(4, 8), logit, seed=0)
+        >>> y.sum().backward(); logit.grad is not None
+        True
+    """
+    check_floating(input)
+    if not isinstance(p_logit, torch.Tensor) or p_logit.numel() != 1 or not p_logit.is_floating_point():
+        raise TypeError(f"p_logit must be a one-element floating-point tensor, got {p_logit!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not training:
+        return input
+    dims = check_dims(shared_dims, input.dim()) if shared_dims else ()
+    shape = mask_shape(input.shape, dims)
+    dt = opmath(input)
+    u = stream_uniform(
+        math.prod(shape), seed=seed, offset=offset, generator=generator, device=input.device, dtype=dt
+    ).view(shape)
+    logit = p_logit.to(dt).reshape(())
+    z = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / temperature)
+    keep_scale = (1.0 - z) / torch.sigmoid(-logit)
+    return (input.to(dt) * keep_scale).to(input.dtype)
+
+
+def concrete_regularizer(
+    p: torch.Tensor,
+    weight_sq_sum: torch.Tensor | float,
+    input_dim: int,
+    weight_regularizer: float,
+    dropout_regularizer: float,
+) -> torch.Tensor:
+    r"""The Concrete dropout regularizer of one layer.
+
+    ``weight_regularizer * ||W||^2 / (1 - p)
+    + dropout_regularizer * input_dim * (p log p + (1 - p) log(1 - p))``.
+
+    Args:
+        p: drop probability in (0, 1), a tensor (gradients flow to it).
+        weight_sq_sum: ``||W||^2``, the sum of squares of the following layer's parameters.
+        input_dim: that layer's input dimension (features, or channels for the spatial form).
+        weight_regularizer: ``l^2 / N``.
+        dropout_regularizer: ``2 / N``.
+
+    Shape:
+        ``p``: 0-dim. Output: 0-dim.
+
+    Example:
+        >>> r = concrete_regularizer(torch.tensor(0.5), 2.0, 10, 1e-2, 1e-1)
+        >>> round(float(r), 6) == round(1e-2 * 2.0 / 0.5 + 1e-1 * 10 * math.log(0.5), 6)
+        True
+    """
+    weight_term = weight_regularizer * weight_sq_sum / (1.0 - p)
+    entropy_term = p * torch.log(p) + (1.0 - p) * torch.log1p(-p)
+    return weight_term + dropout_regularizer * input_dim * entropy_term

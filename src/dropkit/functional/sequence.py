@@ -1,0 +1,115 @@
+"""Dropout for sequence models: one mask per sequence, and whole embedding rows.
+
+* Locked (variational) dropout, Gal and Ghahramani, "A Theoretically Grounded Application of
+  Dropout in Recurrent Neural Networks" (NeurIPS 2016): the same units are dropped at every
+  time step, i.e. :func:`dropout` with the time dimension shared. Its mask is
+  ``dropout_mask((1, N, C))`` for (T, N, C) inputs and ``dropout_mask((N, 1, C))`` with
+  ``batch_first``.
+* Embedding dropout (same paper, sec. 4; Merity et al. 2018): whole rows of the embedding
+  matrix are dropped, so every occurrence of a dropped word is zeroed in the whole sequence;
+  the mask is ``dropout_mask((V, 1))``, one word per vocabulary row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dropkit.functional._checks import check_floating, check_p
+from dropkit.functional._noise import check_rank
+from dropkit.functional.dropout import dropout
+
+__all__ = ["locked_dropout", "embedding_dropout", "locked_time_dim"]
+
+
+def locked_time_dim(ndim: int, batch_first: bool) -> int:
+    """The time dimension of a (T, N, C) / (N, T, C) / (T, C) input of rank ``ndim``."""
+    return 1 if batch_first and ndim == 3 else 0
+
+
+def locked_dropout(
+    input: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    batch_first: bool = False,
+    seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Dropout with one mask per sequence, shared over all time steps.
+
+    ``y[t, n, c] = x[t, n, c] * m[n, c] / (1 - p)``.
+
+    Args:
+        input: floating-point tensor.
+        p: probability of dropping a unit, in [0, 1].
+        training: identity when False.
+        inplace: write the result into ``input``.
+        batch_first: input is (N, T, C) instead of (T, N, C).
+        seed, offset, generator: the stream position, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        Input: (T, N, C), or (N, T, C) with ``batch_first``, or unbatched (T, C). Output: same.
+
+    Example:
+        >>> y = locked_dropout(torch.ones(5, 2, 3), 0.5, seed=0)
+        >>> bool((y == y[:1]).all())
+        True
+    """
+    check_floating(input)
+    layout = "(N, T, C) or (T, C)" if batch_first else "(T, N, C) or (T, C)"
+    check_rank(input, (2, 3), layout, "locked_dropout")
+    shared = (locked_time_dim(input.dim(), batch_first),)
+    return dropout(
+        input, p, training, inplace, shared_dims=shared, seed=seed, offset=offset, generator=generator
+    )
+
+
+def embedding_dropout(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    p: float = 0.1,
+    training: bool = True,
+    *,
+    padding_idx: int | None = None,
+    scale: bool = True,
+    seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Look up ``input`` in ``weight`` with whole rows (words) of ``weight`` dropped.
+
+    ``E' = E * m[:, None] / (1 - p)`` with ``m_v ~ Bernoulli(1 - p)`` per vocabulary row ``v``
+    (without the ``1 / (1 - p)`` when ``scale=False``), then ``F.embedding(input, E')``.
+
+    Args:
+        input: integer indices.
+        weight: the (V, E) embedding matrix, floating point.
+        p: probability of dropping a row, in [0, 1].
+        training: plain lookup when False.
+        padding_idx: as in torch.nn.functional.embedding.
+        scale: divide kept rows by ``1 - p``.
+        seed, offset, generator: the stream position, as in :func:`dropkit.functional.dropout`.
+
+    Shape:
+        Input: ``(*)`` indices; weight ``(V, E)``. Output: ``(*, E)``.
+
+    Example:
+        >>> w = torch.ones(10, 4)
+        >>> embedding_dropout(torch.tensor([[1, 1, 2]]), w, 0.5, seed=0).shape
+        torch.Size([1, 3, 4])
+    """
+    check_floating(weight, "weight")
+    p = check_p(p)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be a (V, E) matrix, got shape {tuple(weight.shape)}")
+    if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
+        raise TypeError(f"input must be a tensor of integer indices, got {getattr(input, 'dtype', input)!r}")
+    if training:
+        mode = "inverted" if scale else "classic"
+        weight = dropout(
+            weight, p, True, mode=mode, shared_dims=(1,), seed=seed, offset=offset, generator=generator
+        )
+    return F.embedding(input, weight, padding_idx)

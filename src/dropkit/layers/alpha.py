@@ -1,0 +1,86 @@
+"""AlphaDropout and FeatureAlphaDropout modules on dropkit's stream."""
+
+from __future__ import annotations
+
+import torch
+
+from dropkit.functional._checks import check_floating
+from dropkit.functional.alpha import alpha_dropout, alpha_words, feature_alpha_dropout
+from dropkit.layers._base import StreamModule
+
+__all__ = ["AlphaDropout", "FeatureAlphaDropout"]
+
+
+class _Alpha(StreamModule):
+    _feature = False
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.inplace = bool(inplace)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        p = self._check_rate(self.p)
+        fn = feature_alpha_dropout if self._feature else alpha_dropout
+        seed, offset = None, 0
+        if self.training:
+            check_floating(input)
+            if not self._feature or input.dim() >= 2:
+                seed, offset = self.take_stream(alpha_words(tuple(input.shape), p, self._feature))
+        return fn(input, p, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()
+
+
+class AlphaDropout(_Alpha):
+    r"""Alpha dropout for SELU networks (Klambauer et al., NeurIPS 2017).
+
+    Training: ``y = a (x m + alpha' (1 - m)) + b`` with ``alpha' = -lambda alpha`` of SELU and
+    ``a = (q + alpha'^2 q (1 - q))^(-1/2)``, ``b = -a alpha' (1 - q)``, ``q = 1 - p``; keeps mean 0
+    and variance 1 of standardized inputs. Evaluation: identity. See
+    :func:`dropkit.functional.alpha_dropout`.
+
+    Args:
+        p: probability of dropping an element, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(*)``. Output: same.
+
+    Example:
+        >>> AlphaDropout(0.2, seed=0)(torch.randn(3, 4)).shape
+        torch.Size([3, 4])
+    """
+
+
+class FeatureAlphaDropout(_Alpha):
+    r"""Alpha dropout of whole channels: one mask value per (sample, channel).
+
+    The formula of :class:`AlphaDropout` with the mask broadcast over the spatial dims. See
+    :func:`dropkit.functional.feature_alpha_dropout`.
+
+    Args:
+        p: probability of dropping a channel, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(N, C, *)``, always batched. Output: same.
+
+    Example:
+        >>> FeatureAlphaDropout(0.2, seed=0)(torch.randn(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    _feature = True

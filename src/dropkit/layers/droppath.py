@@ -1,0 +1,93 @@
+"""DropPath (alias StochasticDepth): residual-branch dropout modules on dropkit's stream."""
+
+from __future__ import annotations
+
+import torch
+
+from dropkit.functional._checks import check_floating
+from dropkit.functional.droppath import check_drop_path_mode, drop_path
+from dropkit.layers._base import StreamModule
+
+__all__ = ["DropPath", "StochasticDepth"]
+
+
+class DropPath(StreamModule):
+    r"""Drop a residual branch per sample ("row") or per batch ("batch") with probability ``p``.
+
+    Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016. Training:
+    ``y[n] = x[n] * m[n] / (1 - p)`` (no division with ``scale_by_keep=False``); evaluation:
+    identity. Use as ``x + drop_path(branch(x))``. Per-block rates: :func:`drop_path_rates`.
+
+    Args:
+        p: probability of dropping the branch, in [0, 1]. Default: 0.0.
+        mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
+        scale_by_keep: divide kept samples by ``1 - p``. Default: True.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(N, *)``. Output: same.
+
+    Example:
+        >>> m = DropPath(0.5, seed=0)
+        >>> y = m(torch.ones(4, 3))
+        >>> bool(((y == 0) | (y == 2)).all())
+        True
+    """
+
+    def __init__(
+        self,
+        p: float = 0.0,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.mode = check_drop_path_mode(mode)
+        self.scale_by_keep = bool(scale_by_keep)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        p = self._check_rate(self.p)
+        seed, offset = None, 0
+        if self.training and p > 0:
+            check_floating(input)
+            if input.dim() >= 1:
+                seed, offset = self.take_stream(input.shape[0] if self.mode == "row" else 1)
+        return drop_path(
+            input,
+            p,
+            self.training,
+            mode=self.mode,
+            scale_by_keep=self.scale_by_keep,
+            seed=seed,
+            offset=offset,
+            generator=self.generator,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"p={self.p}, mode={self.mode!r}"
+        if not self.scale_by_keep:
+            s += ", scale_by_keep=False"
+        return s + self._stream_repr()
+
+
+class StochasticDepth(DropPath):
+    r"""The name of :class:`DropPath` used by torchvision and the stochastic depth paper.
+
+    Args:
+        p: probability of dropping the branch, in [0, 1]. Default: 0.0.
+        mode: "row" or "batch".
+        scale_by_keep: divide kept samples by ``1 - p``. Default: True.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(N, *)``. Output: same.
+
+    Example:
+        >>> StochasticDepth(0.2, "batch", seed=0)(torch.ones(3, 2)).shape
+        torch.Size([3, 2])
+    """

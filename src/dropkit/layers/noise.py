@@ -1,0 +1,104 @@
+"""GaussianDropout and GaussianNoise modules on dropkit's stream."""
+
+from __future__ import annotations
+
+import torch
+
+from dropkit.functional._checks import check_floating
+from dropkit.functional.noise import check_stddev, gaussian_dropout, gaussian_noise, gaussian_words
+from dropkit.layers._base import StreamModule
+
+__all__ = ["GaussianDropout", "GaussianNoise"]
+
+
+class GaussianDropout(StreamModule):
+    r"""Multiply by ``1 + sqrt(p / (1 - p)) z``, ``z ~ N(0, 1)``, in training; identity in eval.
+
+    Srivastava et al., JMLR 2014, sec. 10 (Keras's GaussianDropout). Mean preserved, variance
+    of the multiplier ``p / (1 - p)``; ``p = 1`` gives zeros. A call on ``n`` elements uses
+    ``2 * ceil(n / 2)`` stream words (Box-Muller pairs; see
+    :func:`dropkit.functional.gaussian_dropout`).
+
+    Args:
+        p: drop rate of the equivalent Bernoulli dropout, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(*)``. Output: same.
+
+    Example:
+        >>> GaussianDropout(0.1, seed=0)(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.inplace = bool(inplace)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        p = self._check_rate(self.p)
+        seed, offset = None, 0
+        if self.training:
+            check_floating(input)
+            seed, offset = self.take_stream(gaussian_words(input.numel(), 0.0 < p < 1.0))
+        return gaussian_dropout(
+            input, p, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator
+        )
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()
+
+
+class GaussianNoise(StreamModule):
+    r"""Add ``stddev * z``, ``z ~ N(0, 1)``, in training; identity in eval (Keras's GaussianNoise).
+
+    See :func:`dropkit.functional.gaussian_noise` for the stream words used.
+
+    Args:
+        stddev: standard deviation of the noise, finite and >= 0.
+        inplace: do the operation in place.
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: ``(*)``. Output: same.
+
+    Example:
+        >>> GaussianNoise(0.1, seed=0)(torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        stddev: float,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.stddev = check_stddev(stddev)
+        self.inplace = bool(inplace)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        stddev = check_stddev(self.stddev)
+        seed, offset = None, 0
+        if self.training:
+            check_floating(input)
+            seed, offset = self.take_stream(gaussian_words(input.numel(), stddev > 0))
+        return gaussian_noise(
+            input, stddev, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator
+        )
+
+    def extra_repr(self) -> str:
+        return f"stddev={self.stddev}, inplace={self.inplace}" + self._stream_repr()

@@ -1,0 +1,132 @@
+"""Dropout1d / Dropout2d / Dropout3d: channel dropout modules on dropkit's stream."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dropkit.functional._noise import check_rank
+from dropkit.functional.dropout import mask_shape
+from dropkit.functional.spatial import _LAYOUTS, dropout1d, dropout2d, dropout3d, spatial_shared_dims
+from dropkit.layers._base import StreamModule
+
+__all__ = ["Dropout1d", "Dropout2d", "Dropout3d"]
+
+
+class _ChannelDropout(StreamModule):
+    _spatial = 0
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        channels_last: bool = False,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.inplace = bool(inplace)
+        self.channels_last = bool(channels_last)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        fn = {1: dropout1d, 2: dropout2d, 3: dropout3d}[self._spatial]
+        p = self._check_rate(self.p)
+        seed, offset = None, 0
+        if self.training and p > 0 and isinstance(input, torch.Tensor):
+            layout = _LAYOUTS[self._spatial][1 if self.channels_last else 0]
+            check_rank(input, (self._spatial + 1, self._spatial + 2), layout, type(self).__name__)
+            dims = spatial_shared_dims(input.dim(), self._spatial, self.channels_last)
+            seed, offset = self.take_stream(math.prod(mask_shape(input.shape, dims)))
+        return fn(
+            input,
+            p,
+            self.training,
+            self.inplace,
+            channels_last=self.channels_last,
+            seed=seed,
+            offset=offset,
+            generator=self.generator,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"p={self.p}, inplace={self.inplace}"
+        if self.channels_last:
+            s += ", channels_last=True"
+        return s + self._stream_repr()
+
+
+class Dropout1d(_ChannelDropout):
+    r"""Zero whole channels of (N, C, L) inputs with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
+
+    Tompson et al., CVPR 2015. See :func:`dropkit.functional.dropout1d`.
+
+    Args:
+        p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        channels_last: inputs are (N, L, C) (Keras's SpatialDropout1D).
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: (N, C, L) or (C, L) ((N, L, C) or (L, C) with ``channels_last``). Output: same.
+
+    Example:
+        >>> m = Dropout1d(0.5, seed=0)
+        >>> y = m(torch.ones(2, 3, 4))
+        >>> bool((y == y[..., :1]).all())
+        True
+    """
+
+    _spatial = 1
+
+
+class Dropout2d(_ChannelDropout):
+    r"""Zero whole feature maps with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
+
+    Tompson et al., CVPR 2015. The rank is never guessed: (N, C, H, W) or (C, H, W) only.
+    See :func:`dropkit.functional.dropout2d`.
+
+    Args:
+        p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        channels_last: inputs are (N, H, W, C) (Keras's SpatialDropout2D).
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: (N, C, H, W) or (C, H, W) ((N, H, W, C) or (H, W, C) with ``channels_last``).
+        Output: same.
+
+    Example:
+        >>> m = Dropout2d(0.5, seed=0)
+        >>> m(torch.ones(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    _spatial = 2
+
+
+class Dropout3d(_ChannelDropout):
+    r"""Zero whole volumetric channels with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
+
+    See :func:`dropkit.functional.dropout3d`.
+
+    Args:
+        p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
+        inplace: do the operation in place.
+        channels_last: inputs are (N, D, H, W, C) (Keras's SpatialDropout3D).
+        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
+        generator: draw seeds from this generator instead of torch's default one.
+
+    Shape:
+        Input: (N, C, D, H, W) or (C, D, H, W) (channels last with ``channels_last``). Output: same.
+
+    Example:
+        >>> Dropout3d(0.5, seed=0)(torch.ones(1, 2, 2, 2, 2)).shape
+        torch.Size([1, 2, 2, 2, 2])
+    """
+
+    _spatial = 3
