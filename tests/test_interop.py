@@ -117,29 +117,41 @@ def dropkit_layer_classes():
     return classes
 
 
+# Constructor arguments the layers without defaults need (wrapped modules, a noise scale).
+REQUIRED = {
+    "DropConnect": lambda: {"module": nn.Linear(5, 3)},
+    "WeightDrop": lambda: {"module": nn.LSTM(5, 3)},
+    "EmbeddingDropout": lambda: {"embedding": nn.Embedding(10, 5)},
+    "GaussianNoise": lambda: {"stddev": 0.3},
+}
+
+
 def build(cls, **kwargs):
     """An instance with the constructor's defaults, p=0.3 where there is a rate."""
+    kwargs.update(REQUIRED.get(cls.__name__, dict)())
     params = inspect.signature(cls.__init__).parameters
-    required = [
+    missing = [
         n
         for n, p in params.items()
-        if n != "self" and p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+        if n not in ("self", *kwargs) and p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
     ]
-    if any(n != "p" for n in required):
-        pytest.skip(f"{cls.__name__} needs constructor arguments {required}")
+    assert not missing, f"add {cls.__name__}'s required arguments {missing} to REQUIRED"
     if "p" in params:
         kwargs["p"] = 0.3
     return cls(**kwargs)
 
 
 def first_output(layer):
-    """The layer's training output on the first input shape it accepts (N, C, ... ranks 2 to 5)."""
-    for shape in ((2, 3, 4, 5), (2, 3, 4), (2, 3, 4, 5, 6), (4, 6)):
+    """The layer's training output on the first input it accepts: float (N, C, ...) of rank 2 to
+    5 ending in 5 features, or integer indices for embedding layers."""
+    inputs = [torch.arange(float(n)).view(shape) + 1 for shape, n in (((2, 3, 4, 5), 120), ((2, 3, 5), 30))]
+    inputs += [torch.arange(360.0).view(2, 3, 4, 3, 5), torch.arange(6).view(2, 3)]
+    for x in inputs:
         try:
-            return layer(torch.arange(float(torch.Size(shape).numel())).view(shape) + 1)
-        except (ValueError, RuntimeError, TypeError):
+            return layer(x)
+        except (ValueError, RuntimeError, TypeError, IndexError):
             continue
-    pytest.skip(f"{type(layer).__name__} accepts none of the test shapes")
+    raise AssertionError(f"{type(layer).__name__} accepts none of the test inputs")
 
 
 @pytest.mark.parametrize("cls", dropkit_layer_classes(), ids=lambda c: c.__name__)

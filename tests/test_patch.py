@@ -256,7 +256,7 @@ def _fake_third_party(monkeypatch):
 
 def test_third_party_classes_through_stand_ins(monkeypatch):
     DropPath, StochasticDepth = _fake_third_party(monkeypatch)
-    model = nn.Sequential(DropPath(0.1), StochasticDepth(0.2, "row"))
+    model = nn.Sequential(DropPath(0.1, scale_by_keep=False), StochasticDepth(0.2, "batch"))
     assert dropout_layers(model) == [("0", "DropPath", 0.1), ("1", "StochasticDepth", 0.2)]
     report = patch(model, seed=3)
     for index, name, p in ((0, "DropPath", 0.1), (1, "StochasticDepth", 0.2)):
@@ -265,5 +265,10 @@ def test_third_party_classes_through_stand_ins(monkeypatch):
             assert any(u.name == str(index) and "not available" in u.reason for u in report.unreplaced)
         else:
             assert type(model[index]) is target and model[index].p == p
-    if getattr(dropkit, "StochasticDepth", None) is not None and hasattr(model[1], "mode"):
-        assert model[1].mode == "row"
+            assert model[index].stream_state()["seed"] == spec_seed(3, str(index))
+    if type(model[0]) is not DropPath:
+        assert model[0].scale_by_keep is False
+    if type(model[1]) is not StochasticDepth:
+        assert model[1].mode == "batch"
+    unpatch(model)
+    assert type(model[0]) is DropPath and type(model[1]) is StochasticDepth
