@@ -28,3 +28,16 @@ def test_mkdocs_strict_build(tmp_path):
     # mkdocstrings rendered the docstrings, and doctest examples became code blocks.
     assert "dropout_layers" in page and "&gt;&gt;&gt;" in page and 'class="go"' in page
     shutil.rmtree(tmp_path / "site")
+
+
+def test_readme_quick_start_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(code, "README.md#quick-start", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "replaced 3 module(s)" in printed and "self_attn (MultiheadAttention)" in printed
+    layer = namespace["layer"]
+    assert type(layer.dropout1) is namespace["nn"].Dropout  # unpatch put the original back
+    assert namespace["y"].shape == (2, 10, 64)
