@@ -314,3 +314,39 @@ def test_train_mode_batchnorm_is_reported():
         warnings.simplefilter("always")
         mc_predict(model, torch.randn(4, 6), samples=2)
     assert any("model.eval()" in str(w.message) for w in caught)
+
+
+def test_family_layers_are_switched_except_gaussian_noise():
+    model = nn.Sequential(
+        dropkit.Dropout2d(0.1), dropkit.DropPath(0.1), dropkit.GaussianNoise(0.1), nn.AlphaDropout(0.1)
+    ).eval()
+    with mc_dropout(model) as handle:
+        assert handle.enabled == ["0", "1", "3"]
+        assert not model[2].training
+
+
+def test_batch_wide_masks_fall_back_to_the_loop():
+    torch.manual_seed(0)
+    model = nn.Sequential(dropkit.DropConnect(nn.Linear(8, 4), 0.5)).eval()
+    x = torch.randn(3, 8)
+    with pytest.warns(UserWarning, match=r"loop instead: \['0'\]"):
+        out = mc_predict(model, x, samples=5, seed=0)
+    # each pass draws its own weight mask: no two passes agree
+    assert all(not torch.allclose(out[i], out[j]) for i in range(5) for j in range(i))
+    assert torch.equal(out, mc_predict(model, x, samples=5, seed=0, batched=False))
+
+
+def test_consistent_mode_with_droppath_and_dropconnect():
+    torch.manual_seed(0)
+    model = nn.Sequential(dropkit.DropConnect(nn.Linear(8, 8), 0.3), dropkit.DropPath(0.5)).eval()
+    x = torch.randn(12, 8)
+    out = mc_predict(model, x, samples=6, seed=4, consistent=True)
+    part = mc_predict(model, x[5:9], samples=6, seed=4, consistent=True)
+    # same masks; a matmul over another batch size may round differently in the last bit
+    assert torch.equal(part == 0, out[:, 5:9] == 0)
+    assert torch.allclose(part, out[:, 5:9], rtol=1e-5, atol=1e-6)
+    dropped = (out == 0).all(-1)  # DropPath drops a whole pass for every input, or none
+    assert bool((dropped.all(1) | ~dropped.any(1)).all())
+    assert model[1].mode == "row"
+    with pytest.raises(ValueError, match=r"0 \(Dropout2d\)"):
+        mc_predict(nn.Sequential(dropkit.Dropout2d(0.5)), torch.randn(2, 3, 4, 4), seed=0, consistent=True)

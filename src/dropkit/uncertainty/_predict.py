@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from dropkit.layers import StreamModule
+from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
 from dropkit.rng import check_seed
 from dropkit.uncertainty._streams import StreamOverride
 from dropkit.uncertainty._switch import TORCH_DROPOUT_TYPES, is_dropout_module, mc_dropout
@@ -66,6 +66,15 @@ def _forward_rows(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> t
     return _check_output(model(chunk), stop - start)
 
 
+def _mask_spans_batch(module: StreamModule) -> bool:
+    """Whether one call of ``module`` draws a mask that every row of its batch shares."""
+    if isinstance(module, (DropConnect, EmbeddingDropout)):
+        return True
+    if isinstance(module, DropPath) and module.mode == "batch":
+        return True
+    return 0 in getattr(module, "shared_dims", ())
+
+
 def _warn_train_mode_norms(model: nn.Module) -> None:
     norms = [
         name
@@ -102,7 +111,10 @@ def mc_predict(
     * ``batched=True``: ``x`` is repeated ``samples`` times along dim 0 and the ``samples * N``
       rows go through the model in chunks of at most ``max_batch`` rows (all at once if None):
       few large passes instead of ``samples`` small ones. Every row gets its own masks, so the
-      passes are independent exactly as in the loop.
+      passes are independent exactly as in the loop. A model with a layer whose mask is shared
+      by the whole batch (DropConnect, WeightDrop, EmbeddingDropout, DropPath with
+      ``mode="batch"``, ``shared_dims`` containing 0) would give the ``samples`` replicas one
+      mask; such a model runs the loop instead, with a warning naming the layers.
     * ``batched=False``: a Python loop of ``samples`` passes over ``x`` (chunked likewise).
     * ``seed=s``: reproducible. torch's generators are seeded with ``s`` inside the call (for
       torch.nn dropout and unseeded dropkit layers; the caller's RNG state is restored after)
@@ -111,7 +123,10 @@ def mc_predict(
     * ``consistent=True`` (needs ``seed``): the same ``samples`` masks for every input, in every
       batch and every call with the same seed (BatchBALD, Kirsch et al. 2019). Pass ``t`` gives
       each dropkit layer the stream ``(derive_seed(s, "consistent", t, layer name), 0)`` and adds
-      the batch dimension to its ``shared_dims``, so one mask per pass is shared by all inputs.
+      the batch dimension to its ``shared_dims`` (DropPath: ``mode="batch"``), so one mask per
+      pass is shared by all inputs; DropConnect, WeightDrop and EmbeddingDropout drop weights,
+      which is the same for all inputs already. Layers with a mask entry per sample (channel,
+      alpha, Gaussian, Concrete, locked dropout, DropBlock) are refused.
       This always loops over the passes (each over the whole chunked batch), whatever
       ``batched`` says. torch.nn dropout modules have no such stream: they are refused.
 
@@ -163,6 +178,15 @@ def mc_predict(
                 f"replace these torch.nn dropout modules: {torch_dropout}"
             )
     _warn_train_mode_norms(model)
+    spanning = [name for name, m in streams.items() if _mask_spans_batch(m)]
+    if batched and not consistent and spanning:
+        warnings.warn(
+            "mc_predict: these layers draw one mask for a whole batch, so replicating the inputs "
+            f"would repeat one pass; running {samples} passes in a loop instead: {spanning}",
+            UserWarning,
+            stacklevel=2,
+        )
+        batched = False
     n = x.shape[0]
     chunk = max_batch or (n if consistent or not batched else samples * n)
     override = StreamOverride(streams, share_batch=consistent) if seed is not None else None

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dropkit.functional._checks import check_dims
-from dropkit.layers import StreamModule
+from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
 from dropkit.rng import derive_seed, seed_to_signed
 
 __all__ = ["StreamOverride"]
@@ -21,22 +21,32 @@ __all__ = ["StreamOverride"]
 class StreamOverride:
     """Give each named StreamModule a stream derived from a base seed; undo with :meth:`restore`.
 
-    With ``share_batch=True`` each layer's ``shared_dims`` also gets dimension 0 (the batch),
-    so one mask per layer call is shared by every input in the batch, and a check that the
-    layer's input really has the batch first.
+    With ``share_batch=True`` every layer draws one mask per call that all inputs of the batch
+    share, so the masks depend on the pass and the layer but never on the batch:
+
+    * layers with ``shared_dims`` (Dropout) get dimension 0 added to it, with a check that
+      their input really has the batch first;
+    * DropPath is switched to ``mode="batch"`` (one draw for the whole batch);
+    * DropConnect, WeightDrop and EmbeddingDropout already draw masks over weights, whatever
+      the batch;
+    * other layers (their mask has one entry per sample) are refused with a ValueError.
     """
 
     def __init__(self, modules: dict[str, StreamModule], *, share_batch: bool = False) -> None:
         self.modules = modules
         self.rows = 0
-        self._saved: dict[str, tuple[object, object, object, object]] = {}
+        self._saved: dict[str, tuple[object, object, object, object, object]] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         if share_batch:
-            lacking = [name for name, m in modules.items() if not hasattr(m, "shared_dims")]
+            lacking = [
+                f"{name} ({type(m).__name__})"
+                for name, m in modules.items()
+                if not (hasattr(m, "shared_dims") or isinstance(m, (DropPath, DropConnect, EmbeddingDropout)))
+            ]
             if lacking:
                 raise ValueError(
-                    "consistent=True shares one mask per pass over the batch through the layers' "
-                    f"shared_dims, which these dropkit modules do not have: {lacking}"
+                    "consistent=True needs one mask per pass shared by the whole batch, which these "
+                    f"dropkit modules cannot draw (their masks have one entry per sample): {lacking}"
                 )
         for name, m in modules.items():
             self._saved[name] = (
@@ -44,9 +54,12 @@ class StreamOverride:
                 _read(m, "offset"),
                 m.generator,
                 getattr(m, "shared_dims", None),
+                getattr(m, "mode", None) if isinstance(m, DropPath) else None,
             )
-            if share_batch:
+            if share_batch and hasattr(m, "shared_dims"):
                 self._hooks.append(m.register_forward_pre_hook(self._batch_hook(name)))
+            elif share_batch and isinstance(m, DropPath):
+                m.mode = "batch"
 
     def _batch_hook(self, name: str):
         original = tuple(self._saved[name][3])  # type: ignore[arg-type]
@@ -74,17 +87,19 @@ class StreamOverride:
             m.generator = None
 
     def restore(self) -> None:
-        """Give every layer back its own seed, offset, generator and shared_dims."""
+        """Give every layer back its own seed, offset, generator, shared_dims and DropPath mode."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
         for name, m in self.modules.items():
-            seed, offset, generator, shared_dims = self._saved[name]
+            seed, offset, generator, shared_dims, mode = self._saved[name]
             _assign(m, "seed", seed)
             _assign(m, "offset", offset)
             m.generator = generator
             if shared_dims is not None:
                 m.shared_dims = shared_dims
+            if mode is not None:
+                m.mode = mode
 
 
 def _read(module: nn.Module, name: str) -> object:

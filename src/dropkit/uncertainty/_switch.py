@@ -18,7 +18,7 @@ from types import TracebackType
 
 from torch import nn
 
-from dropkit.layers import StreamModule
+from dropkit.layers import GaussianNoise, StreamModule
 
 __all__ = ["TORCH_DROPOUT_TYPES", "MCDropout", "mc_dropout", "is_dropout_module", "unswitchable_modules"]
 
@@ -46,8 +46,11 @@ def is_dropout_module(module: nn.Module) -> bool:
     """Whether :func:`mc_dropout` switches ``module`` on.
 
     True for torch.nn's Dropout, Dropout1d/2d/3d, AlphaDropout and FeatureAlphaDropout, and for
-    every :class:`dropkit.layers.StreamModule` whose class does not set ``mc_dropout_exempt = True``
-    (the opt-out for stochastic modules that are not dropout and should stay deterministic).
+    every :class:`dropkit.layers.StreamModule` (dropkit's whole family: channel, alpha, Gaussian
+    and Concrete dropout, DropPath, DropBlock, DropConnect, WeightDrop, locked and embedding
+    dropout) except :class:`dropkit.GaussianNoise`, which adds noise rather than dropping, and
+    classes that set ``mc_dropout_exempt = True`` (the opt-out for other stochastic modules
+    that are not dropout and should stay deterministic).
 
     Example:
         >>> import dropkit
@@ -56,7 +59,9 @@ def is_dropout_module(module: nn.Module) -> bool:
     """
     if isinstance(module, TORCH_DROPOUT_TYPES):
         return True
-    return isinstance(module, StreamModule) and not getattr(type(module), "mc_dropout_exempt", False)
+    if not isinstance(module, StreamModule) or isinstance(module, GaussianNoise):
+        return False
+    return not getattr(type(module), "mc_dropout_exempt", False)
 
 
 @functools.lru_cache(maxsize=512)
