@@ -1,6 +1,6 @@
 """dropkit: the dropout family for PyTorch, on one reproducible random stream."""
 
-from dropkit import functional, patch, rng, schedules
+from dropkit import functional, patch, rng, schedules, uncertainty
 from dropkit.functional import drop_path_rates, dropout, dropout_mask, rdrop_loss
 from dropkit.layers import (
     AlphaDropout,
@@ -60,3 +60,6 @@ __all__ += [
     "drop_path_rates",
     "rdrop_loss",
 ]
+
+# MC dropout and uncertainty (issue 5).
+__all__ += ["uncertainty"]
