@@ -5,8 +5,9 @@ and every dropout layer its own stream within it (seed_model). Run on CPU with g
 
     python -m torch.distributed.run --nproc_per_node 2 examples/ddp_train.py --out run.pt
 
-Rank 0 writes the final parameters, the loss curve and each rank's first dropout mask to
---out. Running the command twice gives the same file contents, bit for bit.
+Rank 0 writes the final parameters, the loss curve, and each rank's dropout stream and its
+dropout layer's input and output in the first step to --out. Running the command twice gives
+the same parameters and losses, bit for bit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dropkit.distributed import seed_model, seed_streams
-from dropkit.functional import dropout_mask
 from dropkit.models import SimpleModelWithDropout
 
 
@@ -47,9 +47,14 @@ def main() -> None:
 
     model = SimpleModelWithDropout(dropout_prob=args.p)
     streams = seed_streams(args.seed)  # distinct stream per data-parallel rank
-    seed_model(model, streams)  # before DDP wraps the model and renames its layers
-    layer = model.dropout
-    first_mask = dropout_mask((args.batch, layer_width(model)), args.p, seed=layer.stream_state()["seed"])
+    seed_model(model, streams)  # before DDP wraps the model; DDP is told to keep each rank's seeds
+    first: dict[str, torch.Tensor] = {}  # what the dropout layer saw and gave in step 0
+
+    def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not first:
+            first.update(input=inputs[0].detach(), output=output.detach())
+
+    model.dropout.register_forward_hook(record)
 
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
@@ -66,20 +71,16 @@ def main() -> None:
         dist.all_reduce(total)
         losses.append(total.item() / world)
 
-    masks = [torch.empty_like(first_mask) for _ in range(world)]
-    dist.all_gather_object(masks, first_mask)
+    seen = [None] * world
+    state = {"stream": model.dropout.stream_state(), **first}
+    dist.all_gather_object(seen, state)
     if rank == 0:
         print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {args.steps} steps on {world} ranks")
         if args.out:
             params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            results = {"params": params, "losses": losses, "masks": masks, "streams": asdict(streams)}
+            results = {"params": params, "losses": losses, "first_step": seen, "streams": asdict(streams)}
             torch.save(results, args.out)
     dist.destroy_process_group()
-
-
-def layer_width(model: SimpleModelWithDropout) -> int:
-    """Width of the activation the model's dropout layer sees (fc1's output)."""
-    return model.fc1.out_features
 
 
 if __name__ == "__main__":

@@ -98,12 +98,16 @@ def torchrun(script: str, out: Path, *args: str) -> dict:
 def test_ddp_masks_differ_across_ranks_converges_and_repeats_bit_for_bit(tmp_path):
     first = torchrun("ddp_train.py", tmp_path / "a.pt", "--steps", "40")
     second = torchrun("ddp_train.py", tmp_path / "b.pt", "--steps", "40")
-    masks = first["masks"]
-    assert not torch.equal(masks[0], masks[1])
-    # Each rank's mask is the one its own derived stream gives (rank r: derive_seed(0, "data", r)).
-    for r in range(2):
+    # Rank r's first-step mask is the one of its own stream, derive_seed(0, "data", r), derived
+    # here independently; DDP must not have replaced it with rank 0's.
+    keeps = []
+    for r, seen in enumerate(first["first_step"]):
         seed = derive_seed(derive_seed(0, "data", r), "dropout")
-        assert torch.equal(masks[r], dropout_mask(masks[r].shape, 0.3, seed=seed))
+        assert seen["stream"]["seed"] == seed
+        keep = dropout_mask(seen["input"].shape, 0.3, seed=seed)
+        assert torch.equal(seen["output"] != 0, keep & (seen["input"] != 0))
+        keeps.append(keep)
+    assert not torch.equal(keeps[0], keeps[1])
     losses = first["losses"]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     assert first["params"].keys() == second["params"].keys()

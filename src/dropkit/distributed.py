@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dropkit.layers._base import StreamModule
 from dropkit.rng import check_seed, derive_seed, seed_to_signed
@@ -126,7 +127,9 @@ def seed_model(
     offset of 0 go into buffers, so they are saved with the ``state_dict``). ``s`` is ``seed``
     itself if it is an int; for :class:`SeedStreams` it is ``sharded_seed`` for the layers named
     in ``sharded`` (and their children) and ``replicated_seed`` for all others. Call it before
-    wrapping the model in DDP or FSDP, whose wrappers change the qualified names.
+    wrapping the model in DDP or FSDP, whose wrappers change the qualified names. The stream
+    buffers are marked as ignored by DDP, which would otherwise overwrite every rank's seeds
+    with rank 0's (it broadcasts rank 0's buffers at wrapping and before each forward).
 
     Args:
         model: the module to seed (unchanged if it holds no dropkit layer).
@@ -169,6 +172,13 @@ def seed_model(
         base = sharded_seed if _under(name, prefixes) else replicated
         seeds[name] = derive_seed(base, name)
         _set_stream(module, seeds[name])
+    # DDP copies rank 0's buffers to every rank when it wraps the model and, by default, before
+    # every forward; that would hand every rank rank 0's seed. Stream buffers are per-rank state.
+    stream_buffers = [f"{n}.{b}" if n else b for n in seeds for b in ("seed", "offset")]
+    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, ignored + [b for b in stream_buffers if b not in ignored]
+    )
     return seeds
 
 
