@@ -113,3 +113,16 @@ def test_seed_and_generator_are_exclusive_and_repr_names_the_rate():
         dropkit.Dropout2d(0.5, seed=1, generator=torch.Generator())
     assert "p=0.25" in repr(dropkit.DropBlock2d(0.25, 5, seed=1))
     assert "seed=1" in repr(dropkit.WeightDrop(nn.GRU(2, 2), 0.1, seed=1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_and_default_backends_agree(name):
+    from dropkit.ops import use_backend
+
+    outputs = []
+    for backend in ("reference", "auto"):
+        m, shape = make(name, 0.4, seed=31)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        with use_backend(backend):
+            outputs.append(m(x))
+    assert torch.equal(outputs[0], outputs[1])

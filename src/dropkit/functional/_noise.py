@@ -98,14 +98,13 @@ def check_rank(x: torch.Tensor, ranks: Sequence[int], layout: str, name: str) ->
 
 def check_positive_ints(value: object, n: int, name: str) -> tuple[int, ...]:
     """An int or a length-``n`` sequence of positive ints, returned as an ``n``-tuple."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (int(value),) * n
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != n:
+    values = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != n:
         raise ValueError(f"{name} must be a positive int or {n} positive ints, got {value!r}")
-    for v in value:
+    for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
             raise ValueError(f"{name} must be a positive int or {n} positive ints, got {value!r}")
-    return tuple(int(v) for v in value)
+    return tuple(int(v) for v in values)
 
 
 def opmath(x: torch.Tensor) -> torch.dtype:

@@ -78,7 +78,12 @@ def _alpha(
 
 
 def alpha_words(shape: tuple[int, ...], p: float, feature: bool = False) -> int:
-    """Stream words one alpha-dropout call uses: the mask's element count, 0 if p is 0 or 1."""
+    """Stream words one alpha-dropout call uses: the mask's element count, 0 if p is 0 or 1.
+
+    Example:
+        >>> alpha_words((4, 3, 5), 0.5), alpha_words((4, 3, 5), 0.5, feature=True), alpha_words((4,), 1.0)
+        (60, 12, 0)
+    """
     if p in (0.0, 1.0):
         return 0
     return math.prod(shape[:2]) if feature else math.prod(shape)

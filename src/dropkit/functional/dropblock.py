@@ -67,7 +67,12 @@ def dropblock_seed_shape(
 def dropblock_words(
     shape: tuple[int, ...], dims: int, p: float, block_size: tuple[int, ...], shared_channels: bool = False
 ) -> int:
-    """Stream words one DropBlock call on ``shape`` uses: the seed grid's size (0 if p is 0 or 1)."""
+    """Stream words one DropBlock call on ``shape`` uses: the seed grid's size (0 if p is 0 or 1).
+
+    Example:
+        >>> dropblock_words((2, 3, 14, 14), 2, 0.1, (7, 7))
+        384
+    """
     if p in (0.0, 1.0) or math.prod(shape) == 0 or len(shape) not in (dims + 1, dims + 2):
         return 0
     batched = shape if len(shape) == dims + 2 else (1, *shape)

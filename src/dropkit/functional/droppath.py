@@ -25,7 +25,12 @@ DROP_PATH_RULES = ("linear", "torchvision", "huang")
 
 
 def check_drop_path_mode(mode: object) -> str:
-    """Check that ``mode`` is "row" or "batch"."""
+    """Check that ``mode`` is "row" or "batch".
+
+    Example:
+        >>> check_drop_path_mode("row")
+        'row'
+    """
     if mode not in DROP_PATH_MODES:
         raise ValueError(f"mode must be one of {DROP_PATH_MODES}, got {mode!r}")
     return mode  # type: ignore[return-value]

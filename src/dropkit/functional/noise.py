@@ -26,12 +26,22 @@ __all__ = ["gaussian_dropout", "gaussian_noise", "gaussian_words", "check_stddev
 
 
 def gaussian_words(numel: int, active: bool) -> int:
-    """Stream words a Gaussian call on ``numel`` elements uses (0 when it draws nothing)."""
+    """Stream words a Gaussian call on ``numel`` elements uses (0 when it draws nothing).
+
+    Example:
+        >>> gaussian_words(7, True), gaussian_words(7, False)
+        (8, 0)
+    """
     return normal_words(numel) if active else 0
 
 
 def check_stddev(stddev: object) -> float:
-    """Return ``stddev`` as a float after checking it is a finite real number >= 0."""
+    """Return ``stddev`` as a float after checking it is a finite real number >= 0.
+
+    Example:
+        >>> check_stddev(1)
+        1.0
+    """
     if isinstance(stddev, bool) or not isinstance(stddev, numbers.Real) or not math.isfinite(stddev):
         raise ValueError(f"stddev must be a finite real number >= 0, got {stddev!r}")
     if stddev < 0:

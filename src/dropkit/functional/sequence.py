@@ -23,7 +23,12 @@ __all__ = ["locked_dropout", "embedding_dropout", "locked_time_dim"]
 
 
 def locked_time_dim(ndim: int, batch_first: bool) -> int:
-    """The time dimension of a (T, N, C) / (N, T, C) / (T, C) input of rank ``ndim``."""
+    """The time dimension of a (T, N, C) / (N, T, C) / (T, C) input of rank ``ndim``.
+
+    Example:
+        >>> locked_time_dim(3, batch_first=True), locked_time_dim(2, batch_first=True)
+        (1, 0)
+    """
     return 1 if batch_first and ndim == 3 else 0
 
 

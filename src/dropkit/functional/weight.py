@@ -32,7 +32,13 @@ __all__ = ["drop_connect", "drop_connect_blocks", "check_param_names"]
 
 
 def check_param_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
-    """Check that every name in ``names`` is a floating-point parameter of ``module``."""
+    """Check that every name in ``names`` is a floating-point parameter of ``module``.
+
+    Example:
+        >>> from torch import nn
+        >>> check_param_names(nn.Linear(2, 2), ["weight"])
+        ('weight',)
+    """
     if isinstance(names, str) or not isinstance(names, Sequence) or len(names) == 0:
         raise ValueError(f"names must be a non-empty sequence of parameter names, got {names!r}")
     params = dict(module.named_parameters())
@@ -47,7 +53,13 @@ def check_param_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...
 
 
 def drop_connect_blocks(module: nn.Module, names: Sequence[str]) -> int:
-    """Stream blocks one :func:`drop_connect` call on ``module`` uses."""
+    """Stream blocks one :func:`drop_connect` call on ``module`` uses.
+
+    Example:
+        >>> from torch import nn
+        >>> drop_connect_blocks(nn.Linear(3, 3), ("weight", "bias"))
+        4
+    """
     params = dict(module.named_parameters())
     return sum(blocks_for(params[name].numel()) for name in names)
 
