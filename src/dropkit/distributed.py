@@ -45,6 +45,14 @@ class SeedStreams:
         replicated_seed: for dropout on activations every tensor-parallel rank holds in full
             (also the one to use with plain DDP or FSDP).
         sharded_seed: for dropout on activations split across the tensor-parallel group.
+
+    Shape:
+        Not applicable: a record of seeds (the masks keep their layers' ``(N, C, H, W)`` shapes).
+
+    Example:
+        >>> s = seed_streams(0, data_parallel_group=1)
+        >>> s.data_parallel_rank, s.replicated_seed == derive_seed(0, "data", 1)
+        (1, True)
     """
 
     base_seed: int
