@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import dropkit
+from dropkit.ops import use_backend
 
 # (factory taking p and stream kwargs, input shape). GaussianNoise's rate is its stddev.
 LAYERS = {
@@ -117,8 +118,6 @@ def test_seed_and_generator_are_exclusive_and_repr_names_the_rate():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_and_default_backends_agree(name):
-    from dropkit.ops import use_backend
-
     outputs = []
     for backend in ("reference", "auto"):
         m, shape = make(name, 0.4, seed=31)
