@@ -1,6 +1,9 @@
 """The native CPU backend against the reference backend, bit for bit, on every SIMD path."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,9 +26,10 @@ SCALE = 1 / 0.7
 
 
 @pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    monkeypatch.setenv("DROPKIT_CPU_ISA", request.param)
-    return request.param
+def isa(request):
+    cpu.set_isa(request.param)
+    yield request.param
+    cpu.set_isa(None)
 
 
 def as_bits(t: torch.Tensor) -> torch.Tensor:
@@ -128,10 +132,17 @@ def test_every_half_precision_value(isa, dtype):
         assert_same(y, reference.dropout_forward(x, 3, 0, 2**30, scale, "seed")[0])
 
 
-def test_forced_isa_errors(monkeypatch):
-    monkeypatch.setenv("DROPKIT_CPU_ISA", "sse9")
+def test_forced_isa_errors():
     with pytest.raises(ValueError, match="sse9"):
-        cpu.dropout_forward(torch.ones(4), 0, 0, 1, 1.0, "bits")
+        cpu.set_isa("sse9")
+
+
+def test_isa_environment_variable_read_at_import():
+    code = "import dropkit.backends.cpu as c; print(c.current_isa(), c.load_error())"
+    for value, expected in [("scalar", "scalar None"), ("sse9", "sse9")]:
+        env = {**os.environ, "DROPKIT_CPU_ISA": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert expected in out.stdout or expected in out.stderr
 
 
 def test_ops_use_the_native_backend():

@@ -7,8 +7,9 @@ the comparison with the threshold and the scaling in one pass: forward reads ``x
 bit for bit (see dropkit.backends for the contract).
 
 The SIMD path is chosen at run time (AVX-512, AVX2 or portable C); ``DROPKIT_CPU_ISA`` =
-``scalar`` | ``avx2`` | ``avx512`` forces one. Calls run on ``torch.get_num_threads()`` threads,
-with the GIL released while the kernel runs (ctypes releases it around foreign calls).
+``scalar`` | ``avx2`` | ``avx512`` (read at import) or :func:`set_isa` forces one. Calls run
+on ``torch.get_num_threads()`` threads, with the GIL released while the kernel runs (ctypes
+releases it around foreign calls).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "load_error",
     "available_isas",
     "current_isa",
+    "set_isa",
     "keep_mask",
     "pack_mask",
     "dropout_forward",
@@ -60,8 +62,14 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
-_lib, _error = _open()
-_isa_cache: tuple[str | None, int] | None = None
+def _resolve_isa(name: str | None) -> int:
+    if name in (None, "", "auto"):
+        return int(_lib.dk_best_isa())
+    if name not in ISAS:
+        raise ValueError(f"DROPKIT_CPU_ISA must be one of auto, {', '.join(ISAS)}; got {name!r}")
+    if not _lib.dk_isa_available(ISAS[name]):
+        raise ValueError(f"the {name!r} path is not supported by this CPU or build; have {available_isas()}")
+    return ISAS[name]
 
 
 def load_error() -> str | None:
@@ -86,23 +94,33 @@ def available_isas() -> list[str]:
     return [name for name, code in ISAS.items() if _lib.dk_isa_available(code)]
 
 
-def _isa() -> int:
-    global _isa_cache
+_lib, _error = _open()
+_isa_code = 0
+if _lib is not None:
+    # Read once: a lookup in os.environ per call would cost more than a small kernel call.
+    try:
+        _isa_code = _resolve_isa(os.environ.get("DROPKIT_CPU_ISA"))
+    except ValueError as exc:
+        _lib, _error = None, str(exc)
+
+
+def set_isa(name: str | None) -> None:
+    """Force a SIMD path ("scalar", "avx2", "avx512") or restore the fastest (None or "auto").
+
+    The ``DROPKIT_CPU_ISA`` environment variable does the same when the module is imported.
+
+    Raises:
+        ValueError: naming ``name`` if it is unknown or this CPU cannot run it.
+
+    Example:
+        >>> set_isa("scalar"); current_isa()
+        'scalar'
+        >>> set_isa(None)
+    """
+    global _isa_code
     if _lib is None:
         raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
-    wanted = os.environ.get("DROPKIT_CPU_ISA")
-    if _isa_cache is not None and _isa_cache[0] == wanted:
-        return _isa_cache[1]
-    if wanted in (None, "", "auto"):
-        code = int(_lib.dk_best_isa())
-    elif wanted not in ISAS:
-        raise ValueError(f"DROPKIT_CPU_ISA must be one of auto, {', '.join(ISAS)}; got {wanted!r}")
-    elif not _lib.dk_isa_available(ISAS[wanted]):
-        raise ValueError(f"DROPKIT_CPU_ISA={wanted!r} is not supported by this CPU; have {available_isas()}")
-    else:
-        code = ISAS[wanted]
-    _isa_cache = (wanted, code)
-    return code
+    _isa_code = _resolve_isa(name)
 
 
 def current_isa() -> str:
@@ -112,8 +130,7 @@ def current_isa() -> str:
         >>> load_error() is not None or current_isa() in ISAS
         True
     """
-    code = _isa()
-    return next(name for name, c in ISAS.items() if c == code)
+    return next(name for name, c in ISAS.items() if c == _isa_code)
 
 
 def _check(code: int) -> None:
@@ -122,9 +139,11 @@ def _check(code: int) -> None:
 
 
 def _run(dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, threshold, scale, n) -> None:
+    if _lib is None:
+        raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
     _check(
         _lib.dk_run(
-            _isa(), dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, threshold, scale, n,
+            _isa_code, dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, threshold, scale, n,
             torch.get_num_threads(),
         )
     )
@@ -162,7 +181,7 @@ def run_range(
     bits = torch.zeros((n + 7) // 8, dtype=torch.uint8)
     _check(
         _lib.dk_range(
-            _isa(), _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits.data_ptr(), None,
+            _isa_code, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits.data_ptr(), None,
             seed, offset, threshold, scale, index0, n,
         )
     )
