@@ -1,5 +1,10 @@
 """dropkit's operators: torch.library custom ops with fake kernels and autograd.
 
+:func:`dropout` is the entry point. Under torch.compile it calls the custom ops; in eager mode
+it calls the same backend functions through a plain autograd.Function, because the custom-op
+dispatcher costs more per call than the whole kernel on the small tensors of an MLP. Both
+paths run the same backend code with the same arguments, so their masks are identical.
+
 The ops take the stream position as 0-dim int64 tensors (``seed``, ``offset``) rather than
 Python ints. Under torch.compile this keeps the mask out of the graph (the kernel reads the
 values when it runs) and avoids a recompilation per step, and a seeded layer can advance its
@@ -21,13 +26,15 @@ from types import ModuleType
 import torch
 
 from dropkit.backends import reference
-from dropkit.rng import signed_to_seed
+from dropkit.rng import seed_to_signed, signed_to_seed
 
 __all__ = [
     "MASK_STORAGES",
     "backend_for",
     "backend_name",
     "use_backend",
+    "dropout",
+    "mask",
     "dropout_fwd",
     "dropout_bwd",
     "keep_mask",
@@ -203,3 +210,80 @@ def keep_mask(
 @keep_mask.register_fake
 def _(seed, offset, numel, threshold, device):
     return torch.empty((numel,), dtype=torch.bool, device=device)
+
+
+def _as_ints(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[int, int]:
+    if isinstance(seed, torch.Tensor):
+        seed = signed_to_seed(int(seed))
+    if isinstance(offset, torch.Tensor):
+        offset = signed_to_seed(int(offset))
+    return seed, offset
+
+
+def _as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor(seed_to_signed(seed))
+    if not isinstance(offset, torch.Tensor):
+        offset = torch.tensor(seed_to_signed(offset))
+    return seed, offset
+
+
+class _EagerDropout(torch.autograd.Function):
+    """Eager-mode route to the backend (see the module docstring); backward is _EagerDropoutBackward."""
+
+    @staticmethod
+    def forward(ctx, x, seed, offset, threshold, scale, storage):
+        y, saved = backend_for(x.device).dropout_forward(x, seed, offset, threshold, scale, storage)
+        ctx.save_for_backward(saved)
+        ctx.args = (seed, offset, threshold, scale, storage)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (saved,) = ctx.saved_tensors
+        grad_x = _EagerDropoutBackward.apply(grad_y.contiguous(), saved, *ctx.args)
+        return grad_x, None, None, None, None, None
+
+
+class _EagerDropoutBackward(torch.autograd.Function):
+    """``where(keep, grad * scale, 0)``; linear with the same mask, so its gradient is itself."""
+
+    @staticmethod
+    def forward(ctx, grad, saved, seed, offset, threshold, scale, storage):
+        ctx.save_for_backward(saved)
+        ctx.args = (seed, offset, threshold, scale, storage)
+        return backend_for(grad.device).dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
+
+    @staticmethod
+    def backward(ctx, gg):
+        (saved,) = ctx.saved_tensors
+        out = _EagerDropoutBackward.apply(gg.contiguous(), saved, *ctx.args)
+        return out, None, None, None, None, None, None
+
+
+def dropout(
+    x: torch.Tensor,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
+    threshold: int,
+    scale: float,
+    storage: str,
+) -> torch.Tensor:
+    """Dropout of a contiguous ``x`` with autograd: ``where(keep, x * scale, 0)``.
+
+    ``keep`` is the philox-v1 mask of ``x.numel()`` words at ``(seed, offset)`` and ``threshold``
+    (docs/rng.md); ``storage`` says what backward reads ("bits", "seed" or "bool"). The stream
+    position is given as unsigned ints or as 0-dim int64 tensors holding their bits.
+    """
+    if torch.compiler.is_compiling():
+        return dropout_fwd(x, *_as_tensors(seed, offset), threshold, scale, storage)[0]
+    return _EagerDropout.apply(x, *_as_ints(seed, offset), threshold, scale, storage)
+
+
+def mask(
+    seed: int | torch.Tensor, offset: int | torch.Tensor, numel: int, threshold: int, device: torch.device
+) -> torch.Tensor:
+    """Flat bool keep-mask of ``numel`` elements; like :func:`dropout`, ints or tensors."""
+    if torch.compiler.is_compiling():
+        return keep_mask(*_as_tensors(seed, offset), numel, threshold, device)
+    return backend_for(device).keep_mask(numel, *_as_ints(seed, offset), threshold, device)

@@ -33,6 +33,7 @@ __all__ = [
     "check_seed",
     "check_offset",
     "draw_seed",
+    "draw_seed_int",
     "derive_seed",
     "seed_to_signed",
     "signed_to_seed",
@@ -217,6 +218,21 @@ def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
     device = generator.device if generator is not None else "cpu"
     hi, lo = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator, device=device)
     return ((hi << 32) | lo).cpu()
+
+
+def draw_seed_int(generator: torch.Generator | None = None) -> int:
+    """The seed :func:`draw_seed` would give, as a Python int (one draw, no tensor arithmetic).
+
+    Eager code uses this; :func:`draw_seed` stays tensor-only so that torch.compile can trace it.
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = draw_seed_int()
+        >>> _ = torch.manual_seed(0); a == signed_to_seed(int(draw_seed()))
+        True
+    """
+    device = generator.device if generator is not None else "cpu"
+    hi, lo = torch.randint(0, 1 << 32, (2,), dtype=torch.int64, generator=generator, device=device).tolist()
+    return (hi << 32) | lo
 
 
 def seed_to_signed(seed: int) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from dropkit.ops import MASK_STORAGES
-from dropkit.rng import check_offset, check_seed, draw_seed, seed_to_signed
+from dropkit.rng import check_offset, check_seed, draw_seed, draw_seed_int, seed_to_signed, signed_to_seed
 
 MODES = ("inverted", "classic")
 
@@ -114,3 +114,27 @@ def stream_tensors(
     else:
         offset_t = torch.tensor(seed_to_signed(check_offset(offset)))
     return seed_t, offset_t
+
+
+def stream_position(
+    seed: int | torch.Tensor | None,
+    offset: int | torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[int, int] | tuple[torch.Tensor, torch.Tensor]:
+    """The stream position for dropkit.ops: unsigned ints in eager mode, tensors when compiling.
+
+    Same rules as :func:`stream_tensors`. Eager mode works on ints because every tiny tensor
+    operation costs microseconds, which is the whole budget of dropout on a small tensor.
+    """
+    if torch.compiler.is_compiling():
+        return stream_tensors(seed, offset, generator)
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if isinstance(seed, torch.Tensor):
+        seed_v = signed_to_seed(int(seed))
+    elif seed is None:
+        seed_v = draw_seed_int(generator)
+    else:
+        seed_v = check_seed(seed)
+    offset_v = signed_to_seed(int(offset)) if isinstance(offset, torch.Tensor) else check_offset(offset)
+    return seed_v, offset_v

@@ -20,7 +20,7 @@ from dropkit.functional._checks import (
     check_mask_storage,
     check_mode,
     check_p,
-    stream_tensors,
+    stream_position,
 )
 from dropkit.rng import keep_threshold
 
@@ -76,10 +76,10 @@ def dropout_mask(
         raise ValueError(f"shape must have non-negative sizes, got {shape}")
     if seed is None:
         raise ValueError("dropout_mask needs an explicit seed")
-    seed_t, offset_t = stream_tensors(seed, offset, None)
+    seed_v, offset_v = stream_position(seed, offset, None)
     numel = math.prod(shape)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    mask = ops.keep_mask(seed_t, offset_t, numel, keep_threshold(p), device)
+    mask = ops.mask(seed_v, offset_v, numel, keep_threshold(p), device)
     return mask.view(shape)
 
 
@@ -146,19 +146,19 @@ def dropout(
         return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
     if p == 0.0:
         return input
-    seed_t, offset_t = stream_tensors(seed, offset, generator)
+    seed_v, offset_v = stream_position(seed, offset, generator)
     threshold = keep_threshold(p)
     scale = inverted_scale(p) if mode == "inverted" else 1.0
     shape = mask_shape(input.shape, dims) if dims else tuple(input.shape)
     if math.prod(shape) == input.numel():
         if not (input.requires_grad and torch.is_grad_enabled()):
             mask_storage = "seed"  # nothing will be needed for backward
-        y, _ = ops.dropout_fwd(input.contiguous(), seed_t, offset_t, threshold, scale, mask_storage)
+        y = ops.dropout(input.contiguous(), seed_v, offset_v, threshold, scale, mask_storage)
         y = y.view(input.shape)
         if not input.is_contiguous():
             y = torch.empty_like(input).copy_(y)
     else:
-        keep = ops.keep_mask(seed_t, offset_t, math.prod(shape), threshold, input.device).view(shape)
+        keep = ops.mask(seed_v, offset_v, math.prod(shape), threshold, input.device).view(shape)
         opmath = opmath_dtype(input.dtype)
         scaled = input.to(opmath) * torch.tensor(scale, dtype=opmath, device=input.device)
         y = torch.where(keep, scaled, torch.zeros((), dtype=opmath, device=input.device)).to(input.dtype)
