@@ -58,13 +58,17 @@ def test_no_graph_break():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
-def test_compile_inductor_matches_eager():
-    pytest.importorskip("torch._inductor")
+def test_compile_inductor_matches_eager(monkeypatch):
+    inductor_config = pytest.importorskip("torch._inductor.config")
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no worker pool for one small graph
     eager, compiled_model = patched_pair(seed=11)
     compiled = torch.compile(compiled_model, backend="inductor", fullgraph=True)
-    for _ in range(2):
-        x = torch.randn(4, 8)
-        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-6, atol=1e-6)
+    # Inference only: one generated kernel file instead of a forward and a backward (cold
+    # inductor compiles are slow on a small CPU); the aot_eager test above covers backward.
+    with torch.no_grad():
+        for _ in range(2):
+            x = torch.randn(4, 8)
+            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-6, atol=1e-6)
     assert eager[1].offset.item() == compiled_model[1].offset.item()
 
 
