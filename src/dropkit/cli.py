@@ -1,28 +1,297 @@
-"""The ``dropkit`` command."""
+"""The ``dropkit`` command: measure what dropout does to a model, on digits or on your own data.
+
+Commands: ``demo`` (digits, embedded), ``train`` (a CSV/NPZ file), ``predict`` (MC-dropout
+predictions of a saved model) and ``bench`` (the kernel benchmark). Every mistake a user can
+make with files or options ends in one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import runpy
+import datetime
+import json
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
+
+from dropkit.data import DataError
 
 __all__ = ["main"]
 
-_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEFAULT_GRID = [0.0, 0.1, 0.2, 0.3, 0.5]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the usage first, which is two lines)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a dropout rate must be in [0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no notes on stderr")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--threads", type=_positive, default=1,
+                        help="torch CPU threads (small models run fastest on one)")
+
+
+def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
+    parser.add_argument("--p", type=_rate, nargs="+", default=DEFAULT_GRID, metavar="P",
+                        help="dropout rate(s) after the hidden layer, each in [0, 1)")
+    parser.add_argument("--input-p", type=_rate, default=0.0,
+                        help="input dropout rate used in every run (0: none)")
+    parser.add_argument("--hidden", type=_positive, default=128, help="hidden width of the MLP")
+    parser.add_argument("--epochs", type=_positive, default=epochs, help="training epochs per run")
+    parser.add_argument("--batch-size", type=_positive, default=32, help="minibatch size")
+    parser.add_argument("--lr", type=_positive_float, default=lr, help="Adam learning rate")
+    parser.add_argument("--seeds", type=_positive, default=5, help="number of seeds per rate")
+    parser.add_argument("--seed", type=int, default=0, help="first seed; runs use seed, seed+1, ...")
+    parser.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: ./dropkit-runs/<timestamp>/)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = _Parser(prog="dropkit", description="Measure what dropout does to a model.", formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    demo = sub.add_parser("demo", formatter_class=fmt, help="dropout sweep on scikit-learn's digits",
+                          description="Train the guide's MLP on a small subset of scikit-learn's digits for "
+                          "a grid of dropout rates and seeds; print and save what dropout changes.")
+    demo.add_argument("--train-size", type=_positive, default=150,
+                      help="training rows (the rest of the 1797 digits are the test set)")
+    _add_sweep(demo, epochs=60, lr=3e-3)
+    _add_output(demo)
+    train = sub.add_parser("train", formatter_class=fmt, help="dropout sweep on your CSV or NPZ file",
+                           description="The demo's sweep on your data: a CSV with a header (--target "
+                           "names the label column) or an NPZ with arrays X and y.")
+    train.add_argument("--data", type=Path, required=True, help="a .csv or .npz file")
+    train.add_argument("--target", default=None, help="label column of a CSV")
+    train.add_argument("--task", choices=["classification", "regression"], default=None,
+                       help="inferred from the target when unambiguous")
+    train.add_argument("--val-fraction", type=_rate, default=0.25,
+                       help="share of rows held out (stratified) for validation")
+    train.add_argument("--save", type=Path, default=None,
+                       help="write the model of the best p (lowest validation NLL, first seed) here")
+    _add_sweep(train, epochs=100, lr=1e-3)
+    _add_output(train)
+    predict = sub.add_parser("predict", formatter_class=fmt, help="MC-dropout predictions of a saved model",
+                             description="Per-row predictions with MC-dropout uncertainty: predictive "
+                             "entropy (classification) or variance (regression).")
+    predict.add_argument("--model", type=Path, required=True, help="a file written by `dropkit train --save`")
+    predict.add_argument("--data", type=Path, required=True, help="a .csv or .npz file with the features")
+    predict.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
+    predict.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
+    predict.add_argument("--output", type=Path, default=None, help="write a CSV here instead of printing")
+    _add_output(predict)
+    sub.add_parser("bench", add_help=False, help="the kernel benchmark (see dropkit bench --help)")
+    return parser
+
+
+def _out_dir(out: Path | None) -> Path:
+    if out is not None:
+        return out
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("dropkit-runs") / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("dropkit-runs") / f"{stamp}-{n}"
+    return path
+
+
+def _sweep(args: argparse.Namespace, data, split) -> tuple[list, dict]:  # noqa: ANN001
+    """Train every (seed, p) pair with one progress bar; returns the runs and per-seed test labels."""
+    from tqdm import tqdm
+
+    from dropkit.training import TrainConfig, prepare, train_run
+
+    base = TrainConfig(input_p=args.input_p, hidden=args.hidden, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, mc_samples=args.mc_samples)
+    grid = sorted(set(args.p))
+    seeds = [args.seed + i for i in range(args.seeds)]
+    results, labels, prepared = [], {}, {}
+    with tqdm(total=len(grid) * len(seeds) * args.epochs, disable=args.quiet, unit="epoch",
+              desc="dropkit", file=sys.stderr, dynamic_ncols=True) as bar:
+        for seed in seeds:
+            prepared[seed] = prepare(data, *split(seed))
+            labels[seed] = prepared[seed].y_test
+            for p in grid:
+                bar.set_postfix_str(f"seed={seed} p={p:g}")
+                results.append(train_run(prepared[seed], replace(base, p=p, seed=seed),
+                                         on_epoch=lambda: bar.update(1)))
+    extra = {"labels": labels, "prepared": prepared, "base": asdict(base), "grid": grid, "seeds": seeds}
+    return results, extra
+
+
+def _report(args: argparse.Namespace, results: list, extra: dict, task: str, info: dict) -> Path:
+    from dropkit.plots import write_plots
+    from dropkit.report import format_table, reading, write_results
+
+    out = _out_dir(args.out)
+    text = reading(results, task)
+    info = {**info, "grid": extra["grid"], "seeds": extra["seeds"], "config": extra["base"], "reading": text}
+    files = [p.name for p in write_plots(results, task, out, extra["labels"])]
+    doc = write_results(out, results, task, {**info, "files": files + ["results.json", "results.csv"]})
+    if args.json:
+        print(json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2))
+    else:
+        print(format_table(doc["summary"], task))  # type: ignore[arg-type]
+        print(f"Reading: {text}")
+        print(f"Wrote {', '.join(files)}, results.json and results.csv to {out}")
+    return out
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dropkit.data import load_embedded, stratified_split
+
+    data = load_embedded("digits")
+    if args.train_size >= len(data.y) - len(data.classes):
+        raise DataError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
+                        f"got {args.train_size}")
+    if not args.quiet and not args.json:
+        print(f"digits: {args.train_size} training rows, {len(data.y) - args.train_size} test rows; "
+              f"{len(set(args.p))} rates x {args.seeds} seeds x {args.epochs} epochs", file=sys.stderr)
+    results, extra = _sweep(args, data, lambda s: stratified_split(data.y, size=args.train_size, seed=s))
+    info = {"command": "demo", "data": "digits", "train_size": args.train_size}
+    _report(args, results, extra, data.task, info)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dropkit.checkpoint import save_model
+    from dropkit.data import load_file, stratified_split
+    from dropkit.report import summarize
+
+    if args.val_fraction == 0:
+        raise DataError("--val-fraction must be in (0, 1), got 0")
+    data = load_file(args.data, args.target, args.task)
+    results, extra = _sweep(args, data, lambda seed: stratified_split(data.y, args.val_fraction, seed=seed))
+    info = {"command": "train", "data": str(args.data), "target": data.target, "rows": len(data.y),
+            "features": data.feature_names, "classes": data.classes, "val_fraction": args.val_fraction}
+    _report(args, results, extra, data.task, info)
+    if args.save is not None:
+        best = min(summarize(results, data.task), key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore
+        run = next(r for r in results if r.config.p == best and r.config.seed == extra["seeds"][0])
+        path = save_model(args.save, run, data, extra["prepared"][run.config.seed])
+        if not args.quiet:
+            print(f"Saved the p={best:g} model (seed {run.config.seed}) to {path}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+
+    from dropkit.checkpoint import load_model
+    from dropkit.data import load_features
+    from dropkit.uncertainty import classification_summary, mc_predict, regression_summary
+
+    loaded = load_model(args.model)
+    x = load_features(args.data, loaded.feature_names)
+    x = torch.from_numpy(loaded.scaler.transform(x)).float()
+    if loaded.config["p"] == 0 and loaded.config["input_p"] == 0 and not args.quiet:
+        print("note: this model has no dropout (p=0), so every MC pass is the same and the uncertainty is 0",
+              file=sys.stderr)
+    out = mc_predict(loaded.model, x, args.mc_samples, seed=args.seed)
+    if loaded.task == "classification":
+        s = classification_summary(torch.softmax(out, dim=-1))
+        rows = [{"row": i, "prediction": loaded.classes[int(c)], "confidence": float(s.mean_probs[i, c]),
+                 "predictive_entropy": float(s.predictive_entropy[i]),
+                 "mutual_information": float(s.mutual_information[i])}
+                for i, c in enumerate(s.predicted.tolist())]
+    else:
+        assert loaded.y_scaler is not None
+        scale, shift = float(loaded.y_scaler.std[0]), float(loaded.y_scaler.mean[0])
+        s = regression_summary(out[..., 0])
+        rows = [{"row": i, "prediction": float(m) * scale + shift, "variance": float(v) * scale**2,
+                 "total_variance": float(v) * scale**2 + loaded.noise_variance}
+                for i, (m, v) in enumerate(zip(s.mean.tolist(), s.epistemic_variance.tolist(), strict=True))]
+    if args.json and args.output is None:
+        print(json.dumps(rows, indent=2))
+        return 0
+    stream = open(args.output, "w", newline="") if args.output is not None else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    if args.output is not None and not args.quiet:
+        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from dropkit import bench
+    except ModuleNotFoundError as e:
+        if e.name != "dropkit.bench":
+            raise
+        print("dropkit bench: error: the benchmark module (dropkit.bench) is not part of this installation",
+              file=sys.stderr)
+        return 2
+    return int(bench.main(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dropkit`` command; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="dropkit", description="Measure what dropout does to a model.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the guide's examples")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        for name in ("guide_mlp.py", "guide_cnn.py", "guide_worked_example.py"):
-            print(f"== {name}")
-            runpy.run_path(str(_EXAMPLES / name), run_name="__main__")
-    return 0
+    """Entry point of the ``dropkit`` command; returns the exit code.
+
+    Example:
+        >>> main(["demo", "--p", "1.5"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    args = _build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    handler = {"demo": _demo, "train": _train, "predict": _predict}[args.command]
+    try:
+        return handler(args)
+    except (DataError, ValueError, OSError) as e:
+        message = " ".join(str(e).split())
+        print(f"dropkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dropkit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

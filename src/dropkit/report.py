@@ -175,9 +175,10 @@ def reading(results: Sequence[RunResult], task: str) -> str:
                      f"({means['test_nll'][base]:.3f})")
     else:
         lead = "" if helps else "dropout does not clearly help test NLL: "
+        relative = diff / means["test_nll"][base] if means["test_nll"][base] else float("nan")
         parts.append(f"{lead}p={best_nll:g} gives the lowest test NLL ({means['test_nll'][best_nll]:.3f} vs "
                      f"{means['test_nll'][base]:.3f} at p={base:g}, paired difference {diff:+.3f} "
-                     f"{_noise_words(se, clear)})")
+                     f"({relative:+.0%}) {_noise_words(se, clear)})")
     best_score = better(rates, key=lambda p: means[score][p])
     if best_score == base:
         parts.append(f"the best {score_name} is at p={base:g} ({means[score][base]:.3f})")

@@ -1,0 +1,250 @@
+"""The dropkit command, run in subprocesses on small generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dropkit.cli import main
+from dropkit.data import DataError, load_file, stratified_split
+from dropkit.training import TrainConfig, build_model, prepare
+
+TINY = ["--epochs", "2", "--seeds", "2", "--mc-samples", "4", "--hidden", "16", "--quiet"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "dropkit", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3))
+    label = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "yes", "no")
+    with (d / "cls.csv").open("w") as f:
+        f.write("a,b,c,label\n")
+        f.writelines(f"{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}\n" for r, t in zip(x, label, strict=True))
+    np.savez(d / "reg.npz", X=x, y=x @ np.array([1.0, -2.0, 0.5]))
+    return {"dir": d, "cls": d / "cls.csv", "reg": d / "reg.npz"}
+
+
+def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("demo", "train", "predict", "bench"):
+        assert command in top.stdout
+    for command, options in {
+        "demo": ["--train-size", "--p", "--input-p", "--hidden", "--epochs", "--batch-size", "--lr",
+                 "--seeds", "--seed", "--mc-samples", "--out", "--quiet", "--json", "--threads"],
+        "train": ["--data", "--target", "--task", "--val-fraction", "--save", "--p", "--epochs", "--out"],
+        "predict": ["--model", "--data", "--mc-samples", "--seed", "--output", "--json"],
+    }.items():
+        text = help_text(capsys, command)
+        for option in options:
+            assert option in text, (command, option)
+        # Every option line but --help and the required ones shows "(default: ...)".
+        n_options = text.count(" --") - text.count("[--") - 1
+        assert text.count("(default:") >= n_options - sum(o in ("--data", "--model") for o in options)
+    assert "(default: [0.0, 0.1, 0.2, 0.3, 0.5])" in help_text(capsys, "demo")
+
+
+def test_demo_smoke_writes_files_and_is_deterministic(tmp_path, capsys):
+    args = ["demo", "--train-size", "60", "--p", "0", "0.5", *TINY]
+    first = run(*args, "--out", str(tmp_path / "a"))
+    second = run(*args, "--out", str(tmp_path / "b"))
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    table = first.stdout.split("Reading:")[0]
+    assert table == second.stdout.split("Reading:")[0] and "0.5" in table and "test NLL" in table
+    for name in ("loss_curves.png", "gap_nll.png", "reliability.png", "results.json", "results.csv"):
+        assert (tmp_path / "a" / name).stat().st_size > 0, name
+        assert (tmp_path / "a" / name).read_bytes()[:4] == b"\x89PNG" or not name.endswith(".png")
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert a["runs"] == b["runs"] and a["reading"] == b["reading"]
+    capsys.readouterr()
+    assert main([*args, "--seed", "7", "--json", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] != a["summary"]
+
+    # The summary is the mean and standard error of the runs, recomputed here with numpy.
+    assert len(a["runs"]) == 4 and sorted({r["config"]["seed"] for r in a["runs"]}) == [0, 1]
+    for row in a["summary"]:
+        values = [r["metrics"]["test_nll"] for r in a["runs"] if r["config"]["p"] == row["p"]]
+        assert row["test_nll"]["mean"] == pytest.approx(np.mean(values))
+        assert row["test_nll"]["se"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(2))
+        assert all(len(r["test_loss"]) == 2 for r in a["runs"])
+    for r in a["runs"]:
+        m = r["metrics"]
+        assert m["gap"] == pytest.approx(m["train_acc"] - m["test_acc"])
+        if r["config"]["p"] == 0:  # no dropout: every MC pass is the deterministic model
+            assert m["mc_acc"] == m["test_acc"] and m["mc_nll"] == pytest.approx(m["test_nll"], rel=1e-5)
+    with (tmp_path / "a" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["p"]) for r in rows] == [0.0, 0.5]
+    assert float(rows[1]["ece_mean"]) == pytest.approx(a["summary"][1]["ece"]["mean"])
+
+
+def test_same_seed_same_init_and_split_for_every_rate():
+    y = np.repeat(np.arange(3), 10)
+    train, test = stratified_split(y, size=12, seed=3)
+    assert len(train) == 12 and sorted(np.bincount(y[train]).tolist()) == [4, 4, 4]
+    assert np.array_equal(train, stratified_split(y, size=12, seed=3)[0])
+    assert not np.array_equal(train, stratified_split(y, size=12, seed=4)[0])
+    a = build_model(5, 3, TrainConfig(p=0.0, seed=3))
+    b = build_model(5, 3, TrainConfig(p=0.5, input_p=0.2, seed=3))
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in ("fc1.weight", "fc2.bias"))
+    assert not torch.equal(a.fc1.weight, build_model(5, 3, TrainConfig(seed=4)).fc1.weight)
+
+
+def test_standardization_uses_training_rows_only(files):
+    data = load_file(files["cls"], target="label")
+    train, test = stratified_split(data.y, 0.25, seed=0)
+    prep = prepare(data, train, test)
+    mean, std = data.x[train].mean(0), data.x[train].std(0)
+    assert np.allclose(prep.x_test.numpy(), (data.x[test] - mean) / std, atol=1e-5)
+    assert data.classes == ["no", "yes"] and np.array_equal(data.y, (data.x[:, 0] + 0.5 * data.x[:, 1] > 0))
+    assert abs(np.mean(data.y[test]) - np.mean(data.y)) < 0.05  # stratified
+
+
+def test_train_save_predict_classification(files, tmp_path):
+    model = tmp_path / "m.pt"
+    proc = run("train", "--data", str(files["cls"]), "--target", "label", "--p", "0", *TINY,
+               "--out", str(tmp_path / "o"), "--save", str(model))
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"loss_curves.png", "reliability.png", "results.csv"} <= written
+    state = torch.load(model, weights_only=True)
+    assert state["format"] == "dropkit-model" and state["config"]["classes"] == ["no", "yes"]
+    out = tmp_path / "pred.csv"
+    proc = run("predict", "--model", str(model), "--data", str(files["cls"]), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    # p = 0: the prediction is the plain forward pass, recomputed from the saved tensors.
+    x = np.loadtxt(files["cls"], delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    scaler, sd = state["scaler"], state["state_dict"]
+    z = torch.tensor((x - scaler["mean"].numpy()) / scaler["std"].numpy(), dtype=torch.float32)
+    hidden = torch.relu(z @ sd["fc1.weight"].T + sd["fc1.bias"])
+    probs = torch.softmax(hidden @ sd["fc2.weight"].T + sd["fc2.bias"], 1)
+    assert len(rows) == 90
+    assert [r["prediction"] for r in rows] == [["no", "yes"][i] for i in probs.argmax(1).tolist()]
+    conf = probs.max(1).values
+    assert np.allclose([float(r["confidence"]) for r in rows], conf.numpy(), atol=1e-5)
+    entropy = -(probs * probs.log()).sum(1)
+    assert np.allclose([float(r["predictive_entropy"]) for r in rows], entropy.numpy(), atol=1e-5)
+
+
+def test_train_predict_regression_mc_variance(files, tmp_path, capsys):
+    model = tmp_path / "r.pt"
+    proc = run("train", "--data", str(files["reg"]), "--p", "0.3", *TINY, "--out", str(tmp_path / "o"),
+               "--save", str(model), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["task"] == "regression" and "reliability.png" not in doc["files"]
+    argv = ["predict", "--model", str(model), "--data", str(files["reg"]), "--mc-samples", "8", "--json"]
+    first = run(*argv)
+    capsys.readouterr()
+    assert main(argv) == 0
+    rows = json.loads(first.stdout)
+    assert rows == json.loads(capsys.readouterr().out) and len(rows) == 90
+    assert all(r["variance"] > 0 and r["total_variance"] > r["variance"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def bad(files) -> dict[str, Path]:
+    d = files["dir"]
+    (d / "data.txt").write_text("a,b\n1,2\n")
+    (d / "text.csv").write_text("a,colour,label\n1,red,0\n2,blue,1\n")
+    (d / "one.csv").write_text("a,label\n1,0\n2,0\n3,0\n")
+    (d / "nan.csv").write_text("a,b,label\n1,2,0\n1,,1\n3,inf,0\n4,5,1\n")
+    (d / "garbage.npz").write_bytes(b"\x00\x01 not an archive")
+    (d / "binary.csv").write_bytes(b"a,label\n\xff\xfe,1\n")
+    torch.save({"weights": torch.zeros(3)}, d / "plain.pt")
+    (d / "evil.pt").write_bytes(pickle.dumps(Path("x")))
+    return {p.name: p for p in d.iterdir()}
+
+
+ERRORS = [
+        (["train", "--data", "missing.csv", "--target", "y"], ["missing.csv", "no such file"]),
+        (["train", "--data", "{data.txt}"], ["unknown extension", ".txt"]),
+        (["train", "--data", "{cls.csv}", "--target", "nope"], ["'nope'", "a, b, c, label"]),
+        (["train", "--data", "{cls.csv}"], ["--target"]),
+        (["train", "--data", "{text.csv}", "--target", "label"], ["non-numeric", "colour"]),
+        (["train", "--data", "{one.csv}", "--target", "label"], ["at least 2 classes"]),
+        (["train", "--data", "{nan.csv}", "--target", "label"],
+         ["NaN or inf", "2 row(s)", "lines 3, 4", "column(s): b"]),
+        (["train", "--data", "{garbage.npz}"], ["garbage.npz"]),
+        (["train", "--data", "{binary.csv}", "--target", "label"], ["cannot read"]),
+        (["train", "--data", "{cls.csv}", "--target", "label", "--p", "1.0"], ["[0, 1)", "1.0"]),
+        (["demo", "--p", "0.2", "-0.1"], ["[0, 1)", "-0.1"]),
+        (["predict", "--model", "{plain.pt}", "--data", "{cls.csv}"], ["not a dropkit model"]),
+        (["predict", "--model", "{evil.pt}", "--data", "{cls.csv}"], ["not a dropkit model"]),
+        (["predict", "--model", "{cls.csv}", "--data", "{cls.csv}"], ["not a dropkit model"]),
+]
+# A subprocess costs a torch import (about 1.5 s of CPU), so three cases run as a real command and
+# the others call main() in this process, where stderr and the exit code are checked the same way.
+IN_SUBPROCESS = (0, 9, 12)
+
+
+def _argv(bad: dict[str, Path], args: list[str]) -> list[str]:
+    return [bad[a[1:-1]].as_posix() if a.startswith("{") else a for a in args]
+
+
+@pytest.mark.parametrize("case", IN_SUBPROCESS)
+def test_user_errors_in_a_subprocess(bad, case):
+    args, needles = ERRORS[case]
+    assert_user_error(run(*_argv(bad, args), cwd=bad["cls.csv"].parent), *needles)
+
+
+@pytest.mark.parametrize("case", [i for i in range(len(ERRORS)) if i not in IN_SUBPROCESS])
+def test_user_errors_in_process(bad, case, capsys, monkeypatch):
+    args, needles = ERRORS[case]
+    monkeypatch.chdir(bad["cls.csv"].parent)
+    try:
+        code = main(_argv(bad, args))
+    except SystemExit as e:  # argparse rejects options by exiting
+        code = e.code
+    assert_user_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), *needles)
+
+
+def test_library_raises_data_error(bad):
+    with pytest.raises(DataError, match="only 1"):
+        load_file(bad["one.csv"], target="label")
+    with pytest.raises(DataError, match="non-numeric feature column\\(s\\): colour"):
+        load_file(bad["text.csv"], target="label")
+
+
+def test_bench_without_module_is_a_clean_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "dropkit.bench", None)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dropkit.bench" in err
