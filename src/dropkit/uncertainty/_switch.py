@@ -52,6 +52,9 @@ def is_dropout_module(module: nn.Module) -> bool:
     classes that set ``mc_dropout_exempt = True`` (the opt-out for other stochastic modules
     that are not dropout and should stay deterministic).
 
+    Shape:
+        Not applicable: it looks at the module's type only.
+
     Example:
         >>> import dropkit
         >>> is_dropout_module(dropkit.Dropout(0.1)), is_dropout_module(nn.BatchNorm1d(3))
@@ -91,6 +94,9 @@ def unswitchable_modules(model: nn.Module) -> list[str]:
     attribute in (0, 1) (``dropout``, ``attention_dropout``, ``p``, ...) or from a functional
     dropout call in the source of the class's ``forward``; a heuristic, as Python allows.
 
+    Shape:
+        Not applicable: returns names as ``model.named_modules()`` gives them.
+
     Example:
         >>> unswitchable_modules(nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 1, dropout=0.1)))
         ['1']
@@ -110,6 +116,18 @@ class MCDropout:
         model: the model.
         enabled: names of the modules switched to training mode.
         unswitchable: names of modules that apply dropout internally and were left alone.
+
+    Shape:
+        Not applicable: only module flags change.
+
+    Example:
+        >>> import dropkit
+        >>> model = nn.Sequential(nn.Linear(2, 2), dropkit.Dropout(0.5)).eval()
+        >>> handle = mc_dropout(model)
+        >>> model[1].training, handle.enabled
+        (True, ['1'])
+        >>> handle.restore(); model[1].training
+        False
     """
 
     def __init__(self, model: nn.Module) -> None:
