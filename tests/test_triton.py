@@ -1,36 +1,45 @@
 """The Triton kernels under TRITON_INTERPRET=1 on CPU tensors, bit for bit against the reference.
 
-The interpreter flag must be set before the kernels are decorated, so it is set here before
-anything imports triton; if another test module imported the backend first without it, the
-backend modules are reloaded so that their kernels are interpreted.
+The interpreter flag must be set before triton itself is imported (triton.language decorates
+its own helpers at import). When another test in this process imported triton first (for
+instance through torch.compile), the flag can no longer take effect here, and this module runs
+itself in a fresh subprocess instead.
 """
 
-import importlib
+import importlib.util
 import os
+import subprocess
+import sys
 
+TRITON_IMPORTED_FIRST = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("triton", reason="triton is not installed (pip install dropkit[gpu])")
-
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install dropkit[gpu])", allow_module_level=True)
 
 import dropkit.backends.triton as tb  # noqa: E402
-import dropkit.backends.triton_norm as tn  # noqa: E402
 from dropkit.backends import reference as ref  # noqa: E402
 from dropkit.functional import dropout, dropout_add_norm, dropout_mask  # noqa: E402
 from dropkit.functional.dropout import inverted_scale  # noqa: E402
 from dropkit.ops import use_backend  # noqa: E402
 from dropkit.rng import keep_threshold  # noqa: E402
 
-if not isinstance(tb._dropout_kernel, InterpretedFunction):
-    tb = importlib.reload(tb)
-    tn = importlib.reload(tn)
-
 # NaN and inf inputs make the interpreter's numpy multiply warn; the kernels then drop or keep them.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+in_process = pytest.mark.skipif(TRITON_IMPORTED_FIRST, reason="triton was imported before the interpreter "
+                                "flag was set; test_suite_in_subprocess runs these tests")
+
+
+@pytest.mark.skipif(not TRITON_IMPORTED_FIRST, reason="the tests run in this process")
+def test_suite_in_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 PS = [0.0, 0.1, 0.5, 1.0]
@@ -55,6 +64,7 @@ def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(a, b)
 
 
+@in_process
 @pytest.mark.parametrize("seed,offset", STREAMS)
 @pytest.mark.parametrize("n", [1, 7, 64, RAGGED])
 def test_keep_mask_and_packing_match_reference(n, seed, offset):
@@ -65,6 +75,7 @@ def test_keep_mask_and_packing_match_reference(n, seed, offset):
         assert_identical(tb.pack_mask(mask), ref.pack_mask(mask))
 
 
+@in_process
 def test_threshold_edges_keep_all_and_none():
     # t = 0 keeps every word and t = 2**32 none: the unsigned/64-bit comparison at both ends.
     assert tb.keep_mask(100, 3, 0, 0, "cpu").all()
@@ -73,6 +84,7 @@ def test_threshold_edges_keep_all_and_none():
     assert_identical(tb.keep_mask(100, 3, 0, 2**32 - 1, "cpu"), ref.keep_mask(100, 3, 0, 2**32 - 1, "cpu"))
 
 
+@in_process
 @pytest.mark.parametrize("storage", ["bits", "seed", "bool"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_backward_bit_identical(dtype, storage):
@@ -94,6 +106,7 @@ def test_forward_backward_bit_identical(dtype, storage):
         )
 
 
+@in_process
 @pytest.mark.parametrize("storage", ["bits", "seed", "bool"])
 def test_dropout_through_ops_autograd_and_saved_bytes(storage):
     x = torch.randn(3, 341, dtype=torch.bfloat16, requires_grad=True)
@@ -128,6 +141,7 @@ def unfused(x, residual, weight, bias, p, norm, eps, seed, offset):
     return y, h
 
 
+@in_process
 @pytest.mark.parametrize("storage", ["bits", "seed"])
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("shape", [(3, 16), (4, 7), (2, 3, 12)])
@@ -157,6 +171,7 @@ def test_fused_matches_unfused_composition(shape, norm, storage):
         assert_identical(grads[0], expected_dx)
 
 
+@in_process
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_low_precision_residual_stream_is_exact(dtype):
     gen = torch.Generator().manual_seed(2)
@@ -169,6 +184,7 @@ def test_fused_low_precision_residual_stream_is_exact(dtype):
     torch.testing.assert_close(y.double(), y_ref, rtol=2e-2, atol=2e-2)
 
 
+@in_process
 def test_fused_eval_and_p0_are_plain_add_norm():
     x, r, w = torch.randn(4, 12), torch.randn(4, 12), torch.randn(12)
     for kwargs in ({"p": 0.5, "training": False}, {"p": 0.0}):
@@ -178,6 +194,7 @@ def test_fused_eval_and_p0_are_plain_add_norm():
         torch.testing.assert_close(y, torch.nn.functional.layer_norm(x + r, (12,), w), rtol=1e-5, atol=1e-5)
 
 
+@in_process
 @pytest.mark.parametrize("storage,mask_bytes", [("bits", 4 * 8 // 8), ("seed", 0)])
 def test_fused_saves_at_most_one_bit_per_element(storage, mask_bytes):
     x = torch.randn(4, 8, requires_grad=True)

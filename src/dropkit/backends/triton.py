@@ -29,6 +29,12 @@ __all__ = ["keep_mask", "pack_mask", "dropout_forward", "dropout_backward", "str
 BLOCK = 256
 _MASK32 = 0xFFFFFFFF
 
+# Philox constants as constexpr: compiled kernels may only read constexpr globals.
+_M0 = tl.constexpr(PHILOX_M0)
+_M1 = tl.constexpr(PHILOX_M1)
+_W0 = tl.constexpr(PHILOX_W0)
+_W1 = tl.constexpr(PHILOX_W1)
+
 # Where the keep-mask comes from / what is written of it (constexpr selectors of _dropout_kernel).
 _FROM_STREAM, _FROM_BITS, _FROM_BOOL = 0, 1, 2
 _SAVE_NONE, _SAVE_BITS, _SAVE_BOOL = 0, 1, 2
@@ -43,13 +49,13 @@ def philox_block(c0, c1, k0, k1):
     c3 = tl.zeros_like(c0)
     for _ in tl.static_range(10):
         # mulhi via umulhi, mullo via the wrapping uint32 product: the two halves of 32x32 -> 64.
-        hi0 = tl.umulhi(c0, PHILOX_M0)
-        lo0 = c0 * PHILOX_M0
-        hi1 = tl.umulhi(c2, PHILOX_M1)
-        lo1 = c2 * PHILOX_M1
+        hi0 = tl.umulhi(c0, _M0)
+        lo0 = c0 * _M0
+        hi1 = tl.umulhi(c2, _M1)
+        lo1 = c2 * _M1
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + PHILOX_W0
-        k1 = k1 + PHILOX_W1
+        k0 = k0 + _W0
+        k1 = k1 + _W1
     return c0, c1, c2, c3
 
 
@@ -122,7 +128,7 @@ def downcast(v, DTYPE: tl.constexpr):
         return v.to(DTYPE)
 
 
-@triton.jit(do_not_specialize=["n", "seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
 def _dropout_kernel(
     x_ptr,
     y_ptr,
@@ -216,6 +222,8 @@ def _launch(
         WRITE_Y=y is not None,
         BLOCK=BLOCK,
         num_warps=4,
+        # No fused multiply-add: every product is rounded on its own, as on the CPU.
+        enable_fp_fusion=False,
     )
 
 

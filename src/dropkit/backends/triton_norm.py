@@ -189,6 +189,9 @@ class FusedDropoutAddNorm(torch.autograd.Function):
                 N, *stream_args(seed, offset), int(threshold), float(eps),
                 DROPOUT=bool(dropout), SAVE_BITS=save_bits, HAS_BIAS=bias is not None, RMS=bool(rms),
                 ALIGNED=aligned, BLOCK_N=block_n, num_warps=_warps(block_n),
+                # x * scale + residual must round twice, as dropout then add does on the CPU:
+                # a fused multiply-add would round once and change h.
+                enable_fp_fusion=False,
             )
         ctx.save_for_backward(h, weight, mean, rstd, bits)
         ctx.stream = (seed, offset, int(threshold))
@@ -226,6 +229,7 @@ class FusedDropoutAddNorm(torch.autograd.Function):
                 M, N, *stream_args(seed, offset), threshold,
                 DROPOUT=dropout, FROM_BITS=from_bits, HAS_DH=grad_h is not None, RMS=rms,
                 ALIGNED=N % 4 == 0, BLOCK_N=block_n, num_warps=_warps(block_n),
+                enable_fp_fusion=False,
             )
         grad_w = dw.sum(0).to(weight.dtype)
         grad_b = db.sum(0).to(weight.dtype) if has_bias else None
