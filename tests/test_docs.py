@@ -27,6 +27,8 @@ def test_mkdocs_strict_build(tmp_path):
     page = (tmp_path / "site" / "api" / "patch" / "index.html").read_text()
     # mkdocstrings rendered the docstrings, and doctest examples became code blocks.
     assert "dropout_layers" in page and "&gt;&gt;&gt;" in page and 'class="go"' in page
+    # The CLI page carries the help text of the installed command.
+    assert "usage: dropkit demo" in (tmp_path / "site" / "cli" / "index.html").read_text()
     shutil.rmtree(tmp_path / "site")
 
 
