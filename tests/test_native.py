@@ -88,7 +88,7 @@ def test_forward_backward_bit_identical(isa, dtype):
 @pytest.mark.parametrize("seed,offset", SEEDS_OFFSETS)
 def test_threads_and_counter_wrap(isa, threads, seed, offset):
     # large enough for two threads; offsets near 2**32 and 2**64 wrap inside the call
-    n = 3 * 2**16 + 77
+    n = 2**18 + 3 * 64 + 77  # two threads take 2**17 elements or more each
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

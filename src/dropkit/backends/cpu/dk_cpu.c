@@ -11,7 +11,7 @@
 #include <pthread.h>
 
 #define DK_TILE 2048                   /* elements per tile: 32 mask words live on the stack */
-#define DK_MIN_PER_THREAD (1u << 16)   /* below this, starting a thread costs more than it saves */
+#define DK_MIN_PER_THREAD (1u << 17) /* below this, starting a thread costs more than it saves */
 
 typedef struct {
     const dk_isa_ops *ops;
