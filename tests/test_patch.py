@@ -139,6 +139,8 @@ def test_not_a_module():
         patch([nn.Dropout()])
     with pytest.raises(TypeError, match="int"):
         unpatch(3)
+    with pytest.raises(TypeError, match="str"):
+        dropout_layers("model")
 
 
 def test_mask_storage_is_passed_on():

@@ -112,6 +112,8 @@ def family_modules(
     model: nn.Module, include: ModuleFilter | None = None, exclude: ModuleFilter | None = None
 ) -> Iterator[tuple[str, nn.Module]]:
     """``(qualified name, module)`` for each family module of ``model`` that passes the filters."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_filter(include, "include")
     check_filter(exclude, "exclude")
     for name, module in model.named_modules():

@@ -74,7 +74,12 @@ _RATE_READ = re.compile(r"\bself\.(\w+)\.p\b")
 
 
 class DropoutLayer(NamedTuple):
-    """One dropout-family module of a model: qualified name, class name and drop rate."""
+    """One dropout-family module of a model: qualified name, class name and drop rate.
+
+    Example:
+        >>> DropoutLayer("encoder.dropout", "Dropout", 0.1).p
+        0.1
+    """
 
     name: str
     type: str
@@ -83,7 +88,12 @@ class DropoutLayer(NamedTuple):
 
 @dataclass(frozen=True)
 class Replacement:
-    """A module :func:`patch` replaced: where, from which class to which, rate and stream seed."""
+    """A module :func:`patch` replaced: where, from which class to which, rate and stream seed.
+
+    Example:
+        >>> patch(nn.Sequential(nn.Dropout(0.2))).replaced[0]
+        Replacement(name='0', original='Dropout', replacement='Dropout', p=0.2, seed=None)
+    """
 
     name: str
     original: str
@@ -94,7 +104,12 @@ class Replacement:
 
 @dataclass(frozen=True)
 class Unreplaced:
-    """Dropout :func:`patch` found but could not replace, and why."""
+    """Dropout :func:`patch` found but could not replace, and why.
+
+    Example:
+        >>> patch(nn.Sequential(nn.MultiheadAttention(8, 2, dropout=0.1))).unreplaced[0].reason
+        'dropout rate stored as a float attribute dropout=0.1'
+    """
 
     name: str
     type: str
@@ -103,7 +118,13 @@ class Unreplaced:
 
 @dataclass
 class PatchReport:
-    """What :func:`patch` did: ``replaced`` modules and ``unreplaced`` dropout with the reason."""
+    """What :func:`patch` did: ``replaced`` modules and ``unreplaced`` dropout with the reason.
+
+    Example:
+        >>> print(patch(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))))
+        replaced 1 module(s)
+          1: Dropout -> Dropout (p=0.5)
+    """
 
     replaced: list[Replacement] = field(default_factory=list)
     unreplaced: list[Unreplaced] = field(default_factory=list)
