@@ -175,3 +175,16 @@ def test_strided_inputs_match_reference(isa, layout):
             outs.append((y.detach(), leaf.grad))
     assert_same(outs[0][0], outs[1][0])
     assert_same(outs[0][1], outs[1][1])
+
+
+def test_bench_rows_and_saved_bytes():
+    from dropkit import bench
+
+    rows = bench.run(sizes=[1000], dtypes=["float32"], repeat=1, compile=False, out=lambda s: None)
+    saved = {r["case"]: r["saved_per_elem"] for r in rows}
+    assert saved["dropkit fwd+bwd bits"] == 125 / 1000  # ceil(1000 / 8) bytes
+    assert saved["dropkit fwd+bwd seed"] * 1000 <= 64
+    assert saved["torch fwd+bwd"] >= 1  # torch keeps at least a byte-sized mask per element
+    assert all(r["ms"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="float8"):
+        bench.run(sizes=[8], dtypes=["float8"], out=lambda s: None)

@@ -193,6 +193,9 @@ def keep_mask(
 ) -> torch.Tensor:
     """Bool keep-mask of shape (numel,): element ``i`` is kept iff stream word ``i`` >= ``threshold``.
 
+    Shape:
+        Output: ``(N,)`` bool with ``N = numel`` (True = kept).
+
     Example:
         >>> torch.equal(keep_mask(10, 3, 0, 2**31), reference.keep_mask(10, 3, 0, 2**31))
         True
