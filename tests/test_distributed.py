@@ -84,13 +84,17 @@ def free_port() -> int:
 
 
 def torchrun(script: str, out: Path, *args: str) -> dict:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(ROOT / "examples" / script), "--out", str(out), *args,
-    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    for _ in range(3):
+        # The free port is released before torchrun binds it; another process may take it first.
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+            str(ROOT / "examples" / script), "--out", str(out), *args,
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        if done.returncode == 0 or "address already in use" not in (done.stdout + done.stderr).lower():
+            break
     assert done.returncode == 0, done.stdout + done.stderr
     return torch.load(out)
 
