@@ -48,6 +48,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**63), got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -75,7 +85,7 @@ def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     parser.add_argument("--batch-size", type=_positive, default=32, help="minibatch size")
     parser.add_argument("--lr", type=_positive_float, default=lr, help="Adam learning rate")
     parser.add_argument("--seeds", type=_positive, default=5, help="number of seeds per rate")
-    parser.add_argument("--seed", type=int, default=0, help="first seed; runs use seed, seed+1, ...")
+    parser.add_argument("--seed", type=_seed, default=0, help="first seed; runs use seed, seed+1, ...")
     parser.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: ./dropkit-runs/<timestamp>/)")
@@ -111,7 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, required=True, help="a file written by `dropkit train --save`")
     predict.add_argument("--data", type=Path, required=True, help="a .csv or .npz file with the features")
     predict.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
-    predict.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
+    predict.add_argument("--seed", type=_seed, default=0, help="seed of the MC-dropout masks")
     predict.add_argument("--output", type=Path, default=None, help="write a CSV here instead of printing")
     _add_output(predict)
     sub.add_parser("bench", add_help=False, help="the kernel benchmark (see dropkit bench --help)")
@@ -120,6 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _out_dir(out: Path | None) -> Path:
     if out is not None:
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out} exists and is not a folder")
         return out
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path("dropkit-runs") / stamp
@@ -175,6 +187,7 @@ def _report(args: argparse.Namespace, results: list, extra: dict, task: str, inf
 def _demo(args: argparse.Namespace) -> int:
     from dropkit.data import load_embedded, stratified_split
 
+    args.out = _out_dir(args.out)  # checked before the sweep, not after it
     data = load_embedded("digits")
     if args.train_size >= len(data.y) - len(data.classes):
         raise DataError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
@@ -195,6 +208,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.val_fraction == 0:
         raise DataError("--val-fraction must be in (0, 1), got 0")
+    args.out = _out_dir(args.out)
     data = load_file(args.data, args.target, args.task)
     results, extra = _sweep(args, data, lambda seed: stratified_split(data.y, args.val_fraction, seed=seed))
     info = {"command": "train", "data": str(args.data), "target": data.target, "rows": len(data.y),

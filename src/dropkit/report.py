@@ -195,7 +195,12 @@ def reading(results: Sequence[RunResult], task: str) -> str:
         parts.append(f"the train-test gap does not change beyond the noise ({g0:.3f} at p={base:g}, "
                      f"{g1:.3f} at p={top:g})")
     best_mc = min(rates, key=lambda p: means["mc_nll"][p])
-    parts.append(f"MC dropout's NLL is lowest at p={best_mc:g} ({means['mc_nll'][best_mc]:.3f})")
+    if best_mc == base:
+        parts.append(f"MC dropout's NLL is lowest at p={base:g} ({means['mc_nll'][base]:.3f})")
+    else:
+        diff, se, clear = _compare(results, "mc_nll", best_mc, base)
+        parts.append(f"MC dropout's NLL is lowest at p={best_mc:g} ({means['mc_nll'][best_mc]:.3f} vs "
+                     f"{means['mc_nll'][base]:.3f} at p={base:g}, {diff:+.3f} {_noise_words(se, clear)})")
     return "; ".join(parts) + "."
 
 
