@@ -17,7 +17,8 @@ import torch
 
 from dropkit.cli import main
 from dropkit.data import DataError, load_file, stratified_split
-from dropkit.training import TrainConfig, build_model, prepare
+from dropkit.report import reading
+from dropkit.training import RunResult, TrainConfig, build_model, prepare
 
 TINY = ["--epochs", "2", "--seeds", "2", "--mc-samples", "4", "--hidden", "16", "--quiet"]
 
@@ -165,8 +166,8 @@ def test_train_save_predict_classification(files, tmp_path):
 
 def test_train_predict_regression_mc_variance(files, tmp_path, capsys):
     model = tmp_path / "r.pt"
-    proc = run("train", "--data", str(files["reg"]), "--p", "0.3", *TINY, "--out", str(tmp_path / "o"),
-               "--save", str(model), "--json")
+    proc = run("train", "--data", str(files["reg"]), "--p", "0.3", "--input-p", "0.2", *TINY,
+               "--out", str(tmp_path / "o"), "--save", str(model), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["task"] == "regression" and "reliability.png" not in doc["files"]
@@ -177,6 +178,30 @@ def test_train_predict_regression_mc_variance(files, tmp_path, capsys):
     rows = json.loads(first.stdout)
     assert rows == json.loads(capsys.readouterr().out) and len(rows) == 90
     assert all(r["variance"] > 0 and r["total_variance"] > r["variance"] for r in rows)
+
+
+def _runs(nll: dict[float, list[float]], acc: dict[float, list[float]]) -> list[RunResult]:
+    def metrics(p: float, s: int) -> dict[str, float]:
+        return {"train_acc": 1.0, "test_acc": acc[p][s], "gap": 1.0 - acc[p][s], "test_nll": nll[p][s],
+                "mc_nll": nll[p][s] - 0.01}
+
+    return [RunResult(TrainConfig(p=p, seed=s), metrics(p, s)) for p in nll for s in range(len(nll[p]))]
+
+
+def test_reading_follows_the_numbers():
+    # Seed-to-seed spread is large but every seed improves by about 0.1 at p=0.5: a clear win.
+    helps = reading(_runs({0.0: [0.5, 0.9, 0.7], 0.5: [0.41, 0.79, 0.6]},
+                          {0.0: [0.90, 0.80, 0.85], 0.5: [0.95, 0.86, 0.90]}), "classification")
+    assert helps.startswith("p=0.5 gives the lowest test NLL (0.600 vs 0.700 at p=0")
+    assert "beyond 2 standard errors" in helps and "gap shrinks from 0.150 at p=0 to 0.097 at p=0.5" in helps
+    # Differences of mixed sign: lower on average but within the noise.
+    noisy = reading(_runs({0.0: [0.5, 0.9, 0.7], 0.5: [0.6, 0.7, 0.75]},
+                          {0.0: [0.90, 0.80, 0.85], 0.5: [0.85, 0.84, 0.85]}), "classification")
+    assert noisy.startswith("dropout does not clearly help test NLL: p=0.5") and "within 2 standard" in noisy
+    worse = reading(_runs({0.0: [0.5, 0.6], 0.2: [0.7, 0.8]}, {0.0: [0.9, 0.9], 0.2: [0.8, 0.8]}),
+                    "classification")
+    assert worse.startswith("dropout does not help test NLL here: p=0 has the lowest (0.550)")
+    assert "the best test accuracy is at p=0 (0.900)" in worse and "gap grows" in worse
 
 
 @pytest.fixture(scope="module")
