@@ -52,6 +52,22 @@ def test_compile_fullgraph_matches_eager_without_recompiling():
     assert eager[1].offset.item() == 3 * (5 * 16 // 4)
 
 
+def test_compiled_model_follows_a_rate_schedule():
+    # A rate is a Python float, so each new rate is a new graph for torch.compile (docs/patching.md);
+    # what must hold is that the compiled model uses the scheduled rate and the eager masks.
+    from dropkit.schedules import LinearWarmup
+
+    eager, compiled_model = patched_pair(seed=4)
+    schedules = [LinearWarmup(m, warmup_steps=3) for m in (eager, compiled_model)]
+    compiled = torch.compile(compiled_model, backend="aot_eager")
+    for _ in range(4):
+        x = torch.randn(5, 8)
+        torch.testing.assert_close(compiled(x), eager(x), rtol=0, atol=0)
+        for schedule in schedules:
+            schedule.step()
+    assert compiled_model[1].p == 0.5 and compiled_model[1].offset.item() == eager[1].offset.item() > 0
+
+
 def test_no_graph_break():
     model, _ = patched_pair()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 8))
