@@ -145,8 +145,12 @@ def test_not_a_module():
 
 def test_mask_storage_is_passed_on():
     model = Net()
-    patch(model, mask_storage="seed")
+    report = patch(model, mask_storage="seed")
     assert model.drop.mask_storage == "seed"
+    assert [r.mask_storage for r in report.replaced] == ["seed", "seed"]
+    model = nn.Sequential(nn.Dropout2d(0.3))
+    (entry,) = patch(model, mask_storage="bool").replaced
+    assert entry.mask_storage == getattr(model[0], "mask_storage", None)
 
 
 def test_shared_module_stays_shared_and_unpatch_restores_identity():

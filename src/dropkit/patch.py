@@ -88,11 +88,13 @@ class DropoutLayer(NamedTuple):
 
 @dataclass(frozen=True)
 class Replacement:
-    """A module :func:`patch` replaced: where, from which class to which, rate and stream seed.
+    """A module :func:`patch` replaced: where, from which class to which, rate, stream seed, and
+    what it saves for backward (None for a class without ``mask_storage``).
 
     Example:
-        >>> patch(nn.Sequential(nn.Dropout(0.2))).replaced[0]
-        Replacement(name='0', original='Dropout', replacement='Dropout', p=0.2, seed=None)
+        >>> entry = patch(nn.Sequential(nn.Dropout(0.2)), seed=1).replaced[0]
+        >>> entry.name, entry.original, entry.p, entry.seed == derive_seed(1, "0"), entry.mask_storage
+        ('0', 'Dropout', 0.2, True, 'bits')
     """
 
     name: str
@@ -100,6 +102,7 @@ class Replacement:
     replacement: str
     p: float
     seed: int | None
+    mask_storage: str | None
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,8 @@ def patch(
             globs and classes. Default: all.
         exclude: skip modules matching this (same forms).
         seed: base seed of the per-layer streams; None for torch-style default seeding.
-        mask_storage: "bits", "seed" or "bool" for every replacement that takes it.
+        mask_storage: "bits", "seed" or "bool" for every replacement that takes it (the report's
+            ``mask_storage`` column shows what each replacement uses).
 
     Returns:
         A :class:`PatchReport` listing the replacements and the dropout that could not be
@@ -304,8 +308,9 @@ def patch(
         setattr(parent, child_name, new)
         done[id(child)] = new
         stream = new.stream_state() if isinstance(new, StreamModule) else None
+        storage = getattr(new, "mask_storage", None)
         report.replaced.append(
-            Replacement(name, type(child).__name__, kind, get_rate(new), stream and stream["seed"])
+            Replacement(name, type(child).__name__, kind, get_rate(new), stream and stream["seed"], storage)
         )
     if _target(model) is not None:
         report.unreplaced.append(
