@@ -117,7 +117,7 @@ def load_model(path: str | Path) -> LoadedModel:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e})") from None
-    except Exception as e:  # noqa: BLE001 - the unpickler fails in many ways on bytes that are not a checkpoint
+    except Exception as e:  # the unpickler fails in many ways on bytes that are not a checkpoint
         first_line = str(e).splitlines()[0] if str(e) else "unreadable"
         raise _not_ours(path, f"{type(e).__name__}: {first_line}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

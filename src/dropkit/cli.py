@@ -11,10 +11,18 @@ import argparse
 import datetime
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dropkit.data import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dropkit.data import Dataset
+    from dropkit.training import RunResult
 
 __all__ = ["main"]
 
@@ -142,7 +150,9 @@ def _out_dir(out: Path | None) -> Path:
     return path
 
 
-def _sweep(args: argparse.Namespace, data, split) -> tuple[list, dict]:  # noqa: ANN001
+def _sweep(
+    args: argparse.Namespace, data: Dataset, split: Callable[[int], tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[RunResult], dict]:
     """Train every (seed, p) pair with one progress bar; returns the runs and per-seed test labels."""
     from tqdm import tqdm
 
@@ -166,7 +176,7 @@ def _sweep(args: argparse.Namespace, data, split) -> tuple[list, dict]:  # noqa:
     return results, extra
 
 
-def _report(args: argparse.Namespace, results: list, extra: dict, task: str, info: dict) -> Path:
+def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict) -> Path:
     from dropkit.plots import write_plots
     from dropkit.report import format_table, reading, write_results
 
@@ -255,7 +265,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json and args.output is None:
         print(json.dumps(rows, indent=2))
         return 0
-    stream = open(args.output, "w", newline="") if args.output is not None else sys.stdout  # noqa: SIM115
+    stream = open(args.output, "w", newline="") if args.output is not None else sys.stdout
     try:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -131,7 +131,11 @@ def stratified_split(
             k = min(max(k, 1), len(idx) - 1)
         train.append(idx[:k])
         held.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+    train_idx, held_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+    if len(train_idx) == 0 or len(held_idx) == 0:
+        raise DataError(f"{n} rows are too few to hold some out: the split leaves {len(train_idx)} for "
+                        f"training and {len(held_idx)} held out")
+    return train_idx, held_idx
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from dropkit.uncertainty import plot_reliability_diagram, reliability_diagram
 __all__ = ["plot_gap_and_nll", "plot_loss_curves", "plot_reliability", "write_plots"]
 
 
-def _pyplot():  # noqa: ANN202 - returns the pyplot module
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
