@@ -268,8 +268,3 @@ def test_library_raises_data_error(bad):
         load_file(bad["text.csv"], target="label")
 
 
-def test_bench_without_module_is_a_clean_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dropkit.bench", None)
-    assert main(["bench"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "dropkit.bench" in err

@@ -74,14 +74,15 @@ def test_no_graph_break():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
-def test_compile_inductor_matches_eager(monkeypatch):
+def test_compile_inductor_matches_eager():
     inductor_config = pytest.importorskip("torch._inductor.config")
-    monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no worker pool for one small graph
     eager, compiled_model = patched_pair(seed=11)
     compiled = torch.compile(compiled_model, backend="inductor", fullgraph=True)
     # Inference only: one generated kernel file instead of a forward and a backward (cold
     # inductor compiles are slow on a small CPU); the aot_eager test above covers backward.
-    with torch.no_grad():
+    # One compile thread: no worker pool for one small graph. config.patch restores the option
+    # properly (monkeypatch.setattr on torch's config module deletes it on undo).
+    with torch.no_grad(), inductor_config.patch(compile_threads=1):
         for _ in range(2):
             x = torch.randn(4, 8)
             torch.testing.assert_close(compiled(x), eager(x), rtol=1e-6, atol=1e-6)

@@ -279,14 +279,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    try:
-        from dropkit import bench
-    except ModuleNotFoundError as e:
-        if e.name != "dropkit.bench":
-            raise
-        print("dropkit bench: error: the benchmark module (dropkit.bench) is not part of this installation",
-              file=sys.stderr)
-        return 2
+    from dropkit import bench  # imported here: it pulls in torch.compile machinery
+
     return int(bench.main(argv) or 0)
 
 

@@ -21,17 +21,60 @@ static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
     *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
 }
 
+/* Philox rounds of DK_ILP independent chunks at once: one chunk's rounds are a chain of
+ * dependent multiplies (about 10 cycles each), so a single chunk leaves the multiplier idle most
+ * of the time; interleaving DK_ILP chains keeps it busy. */
+#define DK_ILP 4
+
+static inline __m512i counters_lo(uint64_t base, __m512i iota) {
+    return _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)base), iota);
+}
+
+/* High counter words; a lane whose low word wrapped carries into the high word. */
+static inline __m512i counters_hi(uint64_t base, __m512i c0) {
+    __m512i hi = _mm512_set1_epi32((int)(uint32_t)(base >> 32));
+    __m512i lo = _mm512_set1_epi32((int)(uint32_t)base);
+    return _mm512_mask_add_epi32(hi, _mm512_cmplt_epu32_mask(c0, lo), hi, _mm512_set1_epi32(1));
+}
+
+static inline uint64_t chunk_mask(__m512i c0, __m512i c1, __m512i c2, __m512i c3, __m512i tm1) {
+    return dk_spread4(_mm512_cmpgt_epu32_mask(c0, tm1)) | dk_spread4(_mm512_cmpgt_epu32_mask(c1, tm1)) << 1 |
+           dk_spread4(_mm512_cmpgt_epu32_mask(c2, tm1)) << 2 | dk_spread4(_mm512_cmpgt_epu32_mask(c3, tm1)) << 3;
+}
+
 static void gen_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i m0 = _mm512_set1_epi32((int)DK_M0), m1 = _mm512_set1_epi32((int)DK_M1);
-    const __m512i tm1 = _mm512_set1_epi32((int)s->tm1), one = _mm512_set1_epi32(1);
-    for (size_t q = 0; q < nchunks; q++) {
+    const __m512i tm1 = _mm512_set1_epi32((int)s->tm1);
+    size_t q = 0;
+    for (; q + DK_ILP <= nchunks; q += DK_ILP) {
+        __m512i c0[DK_ILP], c1[DK_ILP], c2[DK_ILP], c3[DK_ILP];
+#pragma GCC unroll 4
+        for (int k = 0; k < DK_ILP; k++) {
+            uint64_t base = s->offset + (chunk + q + (uint64_t)k) * 16u;
+            c0[k] = counters_lo(base, iota);
+            c1[k] = counters_hi(base, c0[k]);
+            c2[k] = c3[k] = _mm512_setzero_si512();
+        }
+        for (int r = 0; r < DK_ROUNDS; r++) {
+            const __m512i k0 = _mm512_set1_epi32((int)s->k0[r]), k1 = _mm512_set1_epi32((int)s->k1[r]);
+#pragma GCC unroll 4
+            for (int k = 0; k < DK_ILP; k++) {
+                __m512i hi0, lo0, hi1, lo1;
+                mulhilo16(c0[k], m0, &hi0, &lo0);
+                mulhilo16(c2[k], m1, &hi1, &lo1);
+                c0[k] = _mm512_ternarylogic_epi32(hi1, c1[k], k0, 0x96);
+                c1[k] = lo1;
+                c2[k] = _mm512_ternarylogic_epi32(hi0, c3[k], k1, 0x96);
+                c3[k] = lo0;
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < DK_ILP; k++) masks[q + k] = chunk_mask(c0[k], c1[k], c2[k], c3[k], tm1);
+    }
+    for (; q < nchunks; q++) {
         uint64_t base = s->offset + (chunk + q) * 16u;
-        __m512i lo = _mm512_set1_epi32((int)(uint32_t)base);
-        __m512i hi = _mm512_set1_epi32((int)(uint32_t)(base >> 32));
-        __m512i c0 = _mm512_add_epi32(lo, iota);
-        /* a lane whose low word wrapped carries into the high word of its 64-bit counter */
-        __m512i c1 = _mm512_mask_add_epi32(hi, _mm512_cmplt_epu32_mask(c0, lo), hi, one);
+        __m512i c0 = counters_lo(base, iota), c1 = counters_hi(base, c0);
         __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
         for (int r = 0; r < DK_ROUNDS; r++) {
             __m512i hi0, lo0, hi1, lo1;
@@ -42,10 +85,7 @@ static void gen_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, uint6
             c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32((int)s->k1[r]), 0x96);
             c3 = lo0;
         }
-        masks[q] = dk_spread4(_mm512_cmpgt_epu32_mask(c0, tm1)) |
-                   dk_spread4(_mm512_cmpgt_epu32_mask(c1, tm1)) << 1 |
-                   dk_spread4(_mm512_cmpgt_epu32_mask(c2, tm1)) << 2 |
-                   dk_spread4(_mm512_cmpgt_epu32_mask(c3, tm1)) << 3;
+        masks[q] = chunk_mask(c0, c1, c2, c3, tm1);
     }
 }
 

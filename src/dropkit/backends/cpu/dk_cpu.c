@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 
+#define DK_GEN_GROUP 4                /* chunks per mask-generation call while prefetching */
 #define DK_TILE 2048                   /* elements per tile: 32 mask words live on the stack */
 #define DK_MIN_PER_THREAD (1u << 17) /* below this, starting a thread costs more than it saves */
 
@@ -74,15 +75,17 @@ static void run_part(const dk_job *job, uint64_t start, uint64_t n) {
             memset(masks, 0xFF, sizeof masks);
         } else if (job->x) {
             /* The words are pure arithmetic and the apply step pure memory traffic: prefetching
-             * the tile's input while its masks are computed lets the two overlap. */
+             * the tile's input while its masks are computed lets the two overlap. Masks are made
+             * DK_GEN_GROUP chunks at a time so that SIMD paths can interleave their rounds. */
             const char *xt = job->x + t * job->esz, *yt = job->y + t * job->esz;
             size_t chunk_bytes = DK_CHUNK * job->esz;
-            for (size_t q = 0; q < nch; q++) {
-                for (size_t b = 0; b < chunk_bytes; b += 64) {
+            for (size_t q = 0; q < nch; q += DK_GEN_GROUP) {
+                size_t g = nch - q < DK_GEN_GROUP ? nch - q : DK_GEN_GROUP;
+                for (size_t b = 0; b < g * chunk_bytes; b += 64) {
                     __builtin_prefetch(xt + q * chunk_bytes + b, 0, 3);
                     __builtin_prefetch(yt + q * chunk_bytes + b, 1, 3);
                 }
-                job->ops->gen(&job->stream, (job->index0 + t) / DK_CHUNK + q, 1, masks + q);
+                job->ops->gen(&job->stream, (job->index0 + t) / DK_CHUNK + q, g, masks + q);
             }
         } else {
             job->ops->gen(&job->stream, (job->index0 + t) / DK_CHUNK, nch, masks);
