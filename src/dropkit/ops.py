@@ -70,24 +70,29 @@ def _load(path: str) -> ModuleType | None:
         return _loaded[path]
 
 
+# Read once: backend_for runs on every call, and an environment lookup costs microseconds.
+_ENV_BACKEND = os.environ.get("DROPKIT_BACKEND") or None
+_by_device: dict[str, ModuleType] = {}
+
+
 def backend_for(device: torch.device) -> ModuleType:
     """The backend module that runs ops for tensors on ``device``.
 
-    ``DROPKIT_BACKEND=reference`` in the environment, or :func:`use_backend`, forces the
-    reference backend.
+    ``DROPKIT_BACKEND=reference`` in the environment (read when dropkit is imported), or
+    :func:`use_backend`, forces the reference backend.
     """
-    forced = getattr(_forced, "name", None) or os.environ.get("DROPKIT_BACKEND")
+    forced = getattr(_forced, "name", None) or _ENV_BACKEND
+    if forced in (None, "auto"):
+        backend = _by_device.get(device.type)
+        if backend is None:
+            path = _PREFERRED.get(device.type)
+            backend = _by_device[device.type] = (_load(path) if path else None) or reference
+        return backend
     if forced == "reference":
         return reference
-    path = _PREFERRED.get(device.type)
-    if forced not in (None, "", "auto"):
-        path = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}.get(
-            forced
-        )
-        if path is None:
-            raise ValueError(f"unknown dropkit backend {forced!r}; use auto, reference, native or triton")
+    path = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}.get(forced)
     if path is None:
-        return reference
+        raise ValueError(f"unknown dropkit backend {forced!r}; use auto, reference, native or triton")
     return _load(path) or reference
 
 
@@ -229,19 +234,23 @@ def _as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[t
 
 
 class _EagerDropout(torch.autograd.Function):
-    """Eager-mode route to the backend (see the module docstring); backward is _EagerDropoutBackward."""
+    """Eager-mode route to the backend (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, x, seed, offset, threshold, scale, storage):
-        y, saved = backend_for(x.device).dropout_forward(x, seed, offset, threshold, scale, storage)
+        backend = backend_for(x.device)
+        y, saved = backend.dropout_forward(x, seed, offset, threshold, scale, storage)
         ctx.save_for_backward(saved)
-        ctx.args = (seed, offset, threshold, scale, storage)
+        ctx.backend, ctx.args = backend, (seed, offset, threshold, scale, storage)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
-        grad_x = _EagerDropoutBackward.apply(grad_y.contiguous(), saved, *ctx.args)
+        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable too
+            grad_x = _EagerDropoutBackward.apply(grad_y.contiguous(), saved, *ctx.args)
+        else:
+            grad_x = ctx.backend.dropout_backward(grad_y.contiguous(), saved, *ctx.args)
         return grad_x, None, None, None, None, None
 
 

@@ -154,7 +154,6 @@ def dropout(
         if not (input.requires_grad and torch.is_grad_enabled()):
             mask_storage = "seed"  # nothing will be needed for backward
         y = ops.dropout(input.contiguous(), seed_v, offset_v, threshold, scale, mask_storage)
-        y = y.view(input.shape)
         if not input.is_contiguous():
             y = torch.empty_like(input).copy_(y)
     else:
