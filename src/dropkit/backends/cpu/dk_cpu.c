@@ -8,7 +8,9 @@
  * threads ran. Indices and counters are 64-bit throughout. */
 #include "dk_common.h"
 
+#if !defined(_OPENMP)
 #include <pthread.h>
+#endif
 
 #define DK_GEN_GROUP 4                /* chunks per mask-generation call while prefetching */
 #define DK_TILE 2048                   /* elements per tile: 32 mask words live on the stack */
@@ -98,11 +100,13 @@ static void run_part(const dk_job *job, uint64_t start, uint64_t n) {
     }
 }
 
+#if !defined(_OPENMP)
 static void *run_part_thread(void *arg) {
     const dk_part *part = arg;
     run_part(part->job, part->start, part->n);
     return NULL;
 }
+#endif
 
 static int make_job(dk_job *job, int isa, int dtype, const void *x, void *y, const uint8_t *bits_in,
                     const uint8_t *bool_in, uint8_t *bits_out, uint8_t *bool_out, uint64_t seed,
@@ -169,14 +173,22 @@ int dk_run(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, c
     }
     uint64_t per = (n / (uint64_t)nt + DK_CHUNK - 1) / DK_CHUNK * DK_CHUNK;
     dk_part parts[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS];
     for (int k = 0; k < nt; k++) {
         uint64_t lo = per * (uint64_t)k, hi = k == nt - 1 ? n : per * (uint64_t)(k + 1);
         if (lo > n) lo = n;
         if (hi > n) hi = n;
         parts[k] = (dk_part){&job, lo, hi - lo};
     }
+#if defined(_OPENMP)
+    /* OpenMP, so that the parts run on the worker threads of the runtime torch already loaded
+     * (its libgomp.so.1 satisfies this library's dependency): threads of our own would compete
+     * with torch's workers, which keep spinning for a while after each of torch's parallel
+     * regions, and on a machine with few cores that doubled the cost of dropout in a model. */
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int k = 0; k < nt; k++) run_part(&job, parts[k].start, parts[k].n);
+#else
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS];
     for (int k = 1; k < nt; k++) started[k] = pthread_create(&threads[k], NULL, run_part_thread, &parts[k]) == 0;
     run_part(&job, parts[0].start, parts[0].n);
     for (int k = 1; k < nt; k++) {
@@ -185,5 +197,6 @@ int dk_run(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, c
         else
             run_part(&job, parts[k].start, parts[k].n); /* no thread to be had: do its share here */
     }
+#endif
     return 0;
 }
