@@ -18,19 +18,13 @@ from types import TracebackType
 
 from torch import nn
 
+from dropkit._select import TORCH_DROPOUTS
 from dropkit.layers import GaussianNoise, StreamModule
 
 __all__ = ["TORCH_DROPOUT_TYPES", "MCDropout", "mc_dropout", "is_dropout_module", "unswitchable_modules"]
 
 #: torch.nn's dropout modules: their ``training`` flag is all that decides whether they drop.
-TORCH_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
+TORCH_DROPOUT_TYPES = TORCH_DROPOUTS
 
 # Attribute names under which modules commonly keep a rate they pass to a functional dropout
 # (nn.MultiheadAttention.dropout, nn.LSTM.dropout, Hugging Face's attention_dropout, ...).
