@@ -1,7 +1,7 @@
 """dropkit: the dropout family for PyTorch, on one reproducible random stream."""
 
-from dropkit import functional, patch, rng, schedules, uncertainty
-from dropkit.functional import drop_path_rates, dropout, dropout_mask, rdrop_loss
+from dropkit import distributed, functional, models, patch, rng, schedules, uncertainty
+from dropkit.functional import drop_path_rates, dropout, dropout_add_norm, dropout_mask, rdrop_loss
 from dropkit.layers import (
     AlphaDropout,
     ConcreteDropout,
@@ -19,6 +19,7 @@ from dropkit.layers import (
     GaussianNoise,
     LockedDropout,
     StochasticDepth,
+    StreamModule,
     WeightDrop,
     concrete_regularization,
 )
@@ -27,39 +28,37 @@ from dropkit.rng import STREAM_VERSION, philox4x32
 __version__ = "0.1.0"
 
 __all__ = [
-    "STREAM_VERSION",
-    "Dropout",
-    "dropout",
-    "dropout_mask",
-    "functional",
-    "patch",
-    "philox4x32",
-    "rng",
-    "schedules",
-]
-
-# The dropout family (issue 4).
-__all__ += [
     "AlphaDropout",
+    "concrete_regularization",
     "ConcreteDropout",
+    "distributed",
+    "drop_path_rates",
     "DropBlock2d",
     "DropBlock3d",
     "DropConnect",
-    "DropPath",
+    "Dropout",
+    "dropout",
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
+    "dropout_add_norm",
+    "dropout_mask",
+    "DropPath",
     "EmbeddingDropout",
     "FeatureAlphaDropout",
+    "functional",
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
-    "StochasticDepth",
-    "WeightDrop",
-    "concrete_regularization",
-    "drop_path_rates",
+    "models",
+    "patch",
+    "philox4x32",
     "rdrop_loss",
+    "rng",
+    "schedules",
+    "StochasticDepth",
+    "STREAM_VERSION",
+    "StreamModule",
+    "uncertainty",
+    "WeightDrop",
 ]
-
-# MC dropout and uncertainty (issue 5).
-__all__ += ["uncertainty"]

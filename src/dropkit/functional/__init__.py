@@ -12,26 +12,27 @@ from dropkit.functional.sequence import embedding_dropout, locked_dropout
 from dropkit.functional.spatial import dropout1d, dropout2d, dropout3d
 from dropkit.functional.weight import drop_connect
 
-__all__ = ["dropout", "dropout_add_norm", "dropout_mask", "mask_shape"]
-
-# The dropout family (issue 4).
-__all__ += [
+__all__ = [
     "alpha_dropout",
-    "feature_alpha_dropout",
     "concrete_dropout",
     "concrete_regularizer",
     "drop_block2d",
     "drop_block3d",
-    "dropblock_gamma",
+    "drop_connect",
     "drop_path",
     "drop_path_rates",
-    "gaussian_dropout",
-    "gaussian_noise",
-    "rdrop_loss",
-    "embedding_dropout",
-    "locked_dropout",
+    "dropblock_gamma",
+    "dropout",
     "dropout1d",
     "dropout2d",
     "dropout3d",
-    "drop_connect",
+    "dropout_add_norm",
+    "dropout_mask",
+    "embedding_dropout",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "locked_dropout",
+    "mask_shape",
+    "rdrop_loss",
 ]

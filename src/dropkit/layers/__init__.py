@@ -11,25 +11,24 @@ from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
 from dropkit.layers.spatial import Dropout1d, Dropout2d, Dropout3d
 from dropkit.layers.weight import DropConnect, WeightDrop
 
-__all__ = ["StreamModule", "Dropout"]
-
-# The dropout family (issue 4).
-__all__ += [
+__all__ = [
     "AlphaDropout",
-    "FeatureAlphaDropout",
-    "ConcreteDropout",
     "concrete_regularization",
+    "ConcreteDropout",
     "DropBlock2d",
     "DropBlock3d",
-    "DropPath",
-    "StochasticDepth",
-    "GaussianDropout",
-    "GaussianNoise",
-    "EmbeddingDropout",
-    "LockedDropout",
+    "DropConnect",
+    "Dropout",
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
-    "DropConnect",
+    "DropPath",
+    "EmbeddingDropout",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "LockedDropout",
+    "StochasticDepth",
+    "StreamModule",
     "WeightDrop",
 ]
