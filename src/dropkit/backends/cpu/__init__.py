@@ -36,7 +36,7 @@ __all__ = [
     "run_range",
 ]
 
-ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _DTYPES = {torch.float32: 1, torch.float64: 2, torch.bfloat16: 3, torch.float16: 4}
 _ERRORS = {-1: "ISA not available", -2: "bad dtype", -3: "threshold above 2**32", -4: "unaligned index"}
 

@@ -52,6 +52,10 @@ extern const dk_isa_ops dk_ops_avx2;
 extern const dk_isa_ops dk_ops_avx512;
 #define DK_HAVE_X86 1
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+extern const dk_isa_ops dk_ops_neon;
+#define DK_HAVE_NEON 1
+#endif
 
 /* Move the low 16 bits of v to bits 0, 4, 8, ..., 60: row k of the 16 blocks (word k of each
  * block) lands on elements 4j + k once shifted left by k. */

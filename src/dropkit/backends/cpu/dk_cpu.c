@@ -47,6 +47,10 @@ static const dk_isa_ops *isa_ops(int isa) {
                    ? &dk_ops_avx512
                    : NULL;
 #endif
+#if defined(DK_HAVE_NEON)
+    case DK_ISA_NEON: /* part of every AArch64 CPU: no run-time check needed */
+        return &dk_ops_neon;
+#endif
     default:
         return NULL;
     }
@@ -59,6 +63,7 @@ int dk_isa_available(int isa) { return isa_ops(isa) != NULL; }
 int dk_best_isa(void) {
     if (dk_isa_available(DK_ISA_AVX512)) return DK_ISA_AVX512;
     if (dk_isa_available(DK_ISA_AVX2)) return DK_ISA_AVX2;
+    if (dk_isa_available(DK_ISA_NEON)) return DK_ISA_NEON;
     return DK_ISA_SCALAR;
 }
 
