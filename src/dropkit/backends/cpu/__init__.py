@@ -105,7 +105,7 @@ if _lib is not None:
 
 
 def set_isa(name: str | None) -> None:
-    """Force a SIMD path ("scalar", "avx2", "avx512") or restore the fastest (None or "auto").
+    """Force a SIMD path ("scalar", "avx2", "avx512", "neon") or restore the fastest (None or "auto").
 
     The ``DROPKIT_CPU_ISA`` environment variable does the same when the module is imported.
 
