@@ -36,9 +36,11 @@ class Dropout(StreamModule):
 
     Examples:
         >>> m = Dropout(p=0.4, seed=0)
-        >>> y = m(torch.ones(2, 5))
-        >>> sorted(set(y.flatten().tolist())) == [0.0, 1 / 0.6] or y.shape
+        >>> y = m(torch.ones(2, 5, dtype=torch.float64))
+        >>> sorted(set(y.flatten().tolist())) == [0.0, 1 / 0.6]
         True
+        >>> int(m.offset)  # ten words used: the next call starts at block ceil(10 / 4) = 3
+        3
         >>> _ = m.eval()
         >>> m(torch.ones(5))
         tensor([1., 1., 1., 1., 1.])
