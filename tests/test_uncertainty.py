@@ -166,6 +166,20 @@ def test_mc_dropout_restores_after_an_exception_and_as_a_function():
     assert not any(m.training for m in model.modules())
 
 
+def test_mc_dropout_restores_flags_when_its_warning_is_raised_as_an_error():
+    # Under warnings-as-errors (pytest -W error) the warning aborts mc_dropout before the with
+    # block is entered; every flag must still be the one the model had before.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.MultiheadAttention(4, 1, dropout=0.1)).eval()
+    before = [m.training for m in model.modules()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="cannot switch on"), mc_dropout(model):
+            pass
+        with pytest.raises(UserWarning, match="cannot switch on"):
+            mc_predict(model, torch.randn(3, 4), samples=2)
+    assert [m.training for m in model.modules()] == before
+
+
 def test_mc_dropout_warns_about_functional_dropout():
     class Custom(nn.Module):
         def forward(self, x):

@@ -132,8 +132,8 @@ class MCDropout:
         dropout = [(name, m) for name, m in model.named_modules() if is_dropout_module(m)]
         self.enabled = [name for name, _ in dropout]
         self.unswitchable = unswitchable_modules(model)
-        for _, module in dropout:
-            module.training = True
+        # Warn before any flag changes: under warnings-as-errors the constructor raises, no
+        # ``with`` block is entered, and nothing would put the flags back.
         if self.unswitchable:
             warnings.warn(
                 "mc_dropout cannot switch on the dropout inside these modules (they call a "
@@ -149,6 +149,8 @@ class MCDropout:
                 UserWarning,
                 stacklevel=3,
             )
+        for _, module in dropout:
+            module.training = True
 
     def restore(self) -> None:
         """Put back the ``training`` flag every module had when :func:`mc_dropout` was called."""
