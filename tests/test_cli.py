@@ -215,6 +215,8 @@ def bad(files) -> dict[str, Path]:
     (d / "binary.csv").write_bytes(b"a,label\n\xff\xfe,1\n")
     torch.save({"weights": torch.zeros(3)}, d / "plain.pt")
     (d / "evil.pt").write_bytes(pickle.dumps(Path("x")))
+    (d / "dup.csv").write_text("a,a,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    (d / "nolabel.csv").write_text("a,label\n1,cat\n2,\n3,dog\n4,cat\n")
     return {p.name: p for p in d.iterdir()}
 
 
@@ -234,6 +236,8 @@ ERRORS = [
         (["predict", "--model", "{plain.pt}", "--data", "{cls.csv}"], ["not a dropkit model"]),
         (["predict", "--model", "{evil.pt}", "--data", "{cls.csv}"], ["not a dropkit model"]),
         (["predict", "--model", "{cls.csv}", "--data", "{cls.csv}"], ["not a dropkit model"]),
+        (["train", "--data", "{dup.csv}", "--target", "label"], ["repeats column name(s) 'a'"]),
+        (["train", "--data", "{nolabel.csv}", "--target", "label"], ["empty label in 1 row(s)", "lines 3"]),
 ]
 # A subprocess costs a torch import (about 1.5 s of CPU), so three cases run as a real command and
 # the others call main() in this process, where stderr and the exit code are checked the same way.
@@ -268,3 +272,25 @@ def test_library_raises_data_error(bad):
         load_file(bad["text.csv"], target="label")
 
 
+
+
+def test_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    # Spreadsheet programs save "CSV UTF-8" with a BOM before the header; it is not part of a name.
+    (tmp_path / "bom.csv").write_text("a,b,y\n0.5,1,0\n-2,3,1\n4,-1,0\n", encoding="utf-8-sig")
+    assert load_file(tmp_path / "bom.csv", target="a", task="regression").feature_names == ["b", "y"]
+    data = load_file(tmp_path / "bom.csv", target="y")
+    assert data.feature_names == ["a", "b"]
+    assert np.array_equal(data.x, np.array([[0.5, 1.0], [-2.0, 3.0], [4.0, -1.0]]))
+
+
+def test_one_seed_prints_the_table_without_error_bars(files, tmp_path, capsys):
+    args = ["train", "--data", str(files["cls"]), "--target", "label", "--p", "0", "0.3", *TINY,
+            "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main(args) == 0, capsys.readouterr().err
+    table = capsys.readouterr().out.split("Reading:")[0]
+    assert "±" not in table
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    for line, p in zip(table.splitlines()[2:], (0.0, 0.3), strict=True):
+        run = next(r for r in doc["runs"] if r["config"]["p"] == p)
+        cells = line.split()
+        assert float(cells[0]) == p and float(cells[4]) == pytest.approx(run["metrics"]["test_nll"], abs=5e-4)

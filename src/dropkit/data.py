@@ -210,13 +210,18 @@ def _check_path(path: str | Path) -> Path:
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig drops the byte-order mark that spreadsheet programs write before the header.
+        with path.open(newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read the file ({e})") from None
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header line and at least one data row")
     header = [h.strip() for h in rows[0]]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header repeats column name(s) {', '.join(map(repr, repeated))}; "
+                        "each column needs its own name")
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
@@ -259,6 +264,11 @@ def _load_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray | 
     if target is not None:
         numeric = _to_float(columns[target])
         y = numeric if numeric is not None else [c.strip() for c in columns[target]]
+        if isinstance(y, list) and "" in y:
+            # An empty cell in a text column is a missing label, not a class named "".
+            empty = [line for line, label in enumerate(y, start=2) if not label]
+            shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            raise DataError(f"{path}: empty label in {len(empty)} row(s) of {target!r}: lines {shown}")
     check = x if not isinstance(y, np.ndarray) else np.concatenate([x, y[:, None]], axis=1)
     _check_finite(path, check, names + ([target] if isinstance(y, np.ndarray) else []), "lines", 2)
     return x, y, names

@@ -107,7 +107,8 @@ def paired_difference(
 def _cell(stat: dict[str, float] | None) -> str:
     if stat is None:
         return "-"
-    if math.isnan(stat["se"]):
+    # One seed has no standard error: NaN from summarize, None once made JSON-safe.
+    if stat["se"] is None or math.isnan(stat["se"]):
         return f"{stat['mean']:.3f}"
     return f"{stat['mean']:.3f} ± {stat['se']:.3f}"
 
