@@ -28,12 +28,13 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from dropkit.functional._checks import check_dims, check_floating
 from dropkit.functional._noise import opmath, stream_uniform
 from dropkit.functional.dropout import mask_shape
 
-__all__ = ["concrete_dropout", "concrete_regularizer"]
+__all__ = ["concrete_dropout", "concrete_regularizer", "concrete_regularizer_from_logit"]
 
 
 def concrete_dropout(
@@ -74,7 +75,9 @@ def concrete_dropout(
     check_floating(input)
     if not isinstance(p_logit, torch.Tensor) or p_logit.numel() != 1 or not p_logit.is_floating_point():
         raise TypeError(f"p_logit must be a one-element floating-point tensor, got {p_logit!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not training:
         return input
@@ -117,6 +120,40 @@ def concrete_regularizer(
         >>> round(float(r), 6) == round(1e-2 * 2.0 / 0.5 + 1e-1 * 10 * math.log(0.5), 6)
         True
     """
-    weight_term = weight_regularizer * weight_sq_sum / (1.0 - p)
-    entropy_term = p * torch.log(p) + (1.0 - p) * torch.log1p(-p)
+    return concrete_regularizer_from_logit(
+        torch.logit(p), weight_sq_sum, input_dim, weight_regularizer, dropout_regularizer
+    )
+
+
+def concrete_regularizer_from_logit(
+    p_logit: torch.Tensor,
+    weight_sq_sum: torch.Tensor | float,
+    input_dim: int,
+    weight_regularizer: float,
+    dropout_regularizer: float,
+) -> torch.Tensor:
+    r""":func:`concrete_regularizer` with ``p = sigmoid(p_logit)``, finite for every finite logit.
+
+    ``p`` and ``1 - p`` are taken as ``sigmoid(+-p_logit)`` and their logarithms as
+    ``logsigmoid(+-p_logit)``: computing them from ``p`` would round ``p`` to exactly 0 or 1 in
+    float32 once ``|p_logit|`` passes about 17 (p = 1) or 103 (p = 0), and ``0 * log 0`` and
+    ``||W||^2 / 0`` are then NaN and inf in the loss and its gradient.
+
+    Args:
+        p_logit: the logit of the drop probability (0-dim, gradients flow to it).
+        weight_sq_sum, input_dim, weight_regularizer, dropout_regularizer: as in
+            :func:`concrete_regularizer`.
+
+    Shape:
+        ``p_logit``: 0-dim. Output: 0-dim.
+
+    Example:
+        >>> r = concrete_regularizer_from_logit(torch.tensor(40.0), 2.0, 10, 1e-2, 1e-1)
+        >>> bool(torch.isfinite(r))
+        True
+    """
+    p = torch.sigmoid(p_logit)
+    keep = torch.sigmoid(-p_logit)
+    weight_term = weight_regularizer * weight_sq_sum / keep
+    entropy_term = p * F.logsigmoid(p_logit) + keep * F.logsigmoid(-p_logit)
     return weight_term + dropout_regularizer * input_dim * entropy_term

@@ -7,6 +7,7 @@ symmetric KL divergence between them, which pulls the sub-models dropout samples
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -27,14 +28,16 @@ def rdrop_loss(
 
     Reduction: each cross-entropy is the mean over samples (positions with ``ignore_index``
     excluded); each KL is summed over classes and averaged over samples (all positions). The
-    paper's per-sample loss (its eq. 3) is twice the cross-entropy part of this one; this
-    scaling follows the authors' released code, where the CE is averaged over the two passes.
+    paper's per-sample loss (its eq. 3) is ``CE1 + CE2 + alpha_paper (KL12 + KL21) / 2``, twice
+    this loss with ``alpha = alpha_paper / 2``. The authors' released code averages the CE over
+    the two passes, as here, but sums the KL over the batch (and tokens) instead of averaging
+    it, so its alpha is this ``alpha`` divided by the number of positions.
 
     Args:
         logits1: logits of the first pass.
         logits2: logits of the second pass (same input, another dropout mask).
         target: class indices.
-        alpha: weight of the symmetric KL term, >= 0.
+        alpha: weight of the symmetric KL term, finite and >= 0.
         ignore_index: target value excluded from the cross-entropy.
 
     Shape:
@@ -56,8 +59,8 @@ def rdrop_loss(
         raise ValueError(
             f"logits1 and logits2 differ in shape: {tuple(logits1.shape)} vs {tuple(logits2.shape)}"
         )
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha >= 0:
-        raise ValueError(f"alpha must be a real number >= 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha < math.inf:
+        raise ValueError(f"alpha must be a finite real number >= 0, got {alpha!r}")
     ce = 0.5 * (
         F.cross_entropy(logits1, target, ignore_index=ignore_index)
         + F.cross_entropy(logits2, target, ignore_index=ignore_index)

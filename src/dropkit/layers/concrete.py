@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dropkit.functional._checks import check_floating, check_p
-from dropkit.functional.concrete import concrete_dropout, concrete_regularizer
+from dropkit.functional.concrete import concrete_dropout, concrete_regularizer_from_logit
 from dropkit.functional.dropout import mask_shape
 from dropkit.layers._base import StreamModule
 
@@ -94,7 +94,8 @@ class ConcreteDropout(StreamModule):
     @property
     def p(self) -> float:
         """The current drop probability ``sigmoid(p_logit)`` as a float; assignable in (0, 1)."""
-        return float(torch.sigmoid(self.p_logit.detach()))
+        # float64: in float32 the sigmoid of a logit below about -103 underflows to 0.
+        return float(torch.sigmoid(self.p_logit.detach().double()))
 
     @p.setter
     def p(self, value: float) -> None:
@@ -136,9 +137,10 @@ class ConcreteDropout(StreamModule):
         """The regularizer ``R`` of this layer (0-dim, differentiable in ``p_logit`` and ``W``)."""
         if self.input_dim is None:
             raise RuntimeError("ConcreteDropout.regularization needs one forward call to know input_dim")
-        p = torch.sigmoid(self.p_logit)
         sq = sum((w.pow(2).sum() for w in self.layer.parameters()), torch.zeros(())) if self.layer else 0.0
-        return concrete_regularizer(p, sq, self.input_dim, self.weight_regularizer, self.dropout_regularizer)
+        return concrete_regularizer_from_logit(
+            self.p_logit, sq, self.input_dim, self.weight_regularizer, self.dropout_regularizer
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -136,7 +136,7 @@ class WeightDrop(DropConnect):
         self.names = check_param_names(module, _recurrent_weight_names(module) if names is None else names)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not (self.training and self.p > 0):
+        if not (self.training and self._check_rate(self.p) > 0):
             return self._call(args, kwargs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")
