@@ -98,7 +98,8 @@ def drop_path_rates(max_rate: float, depth: int, rule: str = "linear") -> list[f
     * ``"linear"``: ``max_rate * i / (depth - 1)`` for ``i = 0 .. depth - 1``, from 0 to
       ``max_rate`` inclusive (timm's ``linspace(0, max_rate, depth)``; ``[0.0]`` for depth 1).
     * ``"torchvision"``: ``max_rate * i / depth`` for ``i = 0 .. depth - 1`` (the last block
-      stays below ``max_rate``).
+      stays below ``max_rate``), as in torchvision's EfficientNet; its ConvNeXt and Swin
+      models use ``"linear"``.
     * ``"huang"``: ``max_rate * l / depth`` for ``l = 1 .. depth``, the paper's
       ``p_l = 1 - (l / L)(1 - p_L)`` survival rule; its expected depth is
       ``depth - max_rate (depth + 1) / 2``, e.g. 40.25 for 54 blocks and ``max_rate = 0.5``.
