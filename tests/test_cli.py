@@ -238,6 +238,7 @@ ERRORS = [
         (["predict", "--model", "{cls.csv}", "--data", "{cls.csv}"], ["not a dropkit model"]),
         (["train", "--data", "{dup.csv}", "--target", "label"], ["repeats column name(s) 'a'"]),
         (["train", "--data", "{nolabel.csv}", "--target", "label"], ["empty label in 1 row(s)", "lines 3"]),
+        (["train", "--data", "{cls.csv}", "--target", "label", "--val-fraction", "0"], ["(0, 1)", "got 0"]),
 ]
 # A subprocess costs a torch import (about 1.5 s of CPU), so three cases run as a real command and
 # the others call main() in this process, where stderr and the exit code are checked the same way.

@@ -36,13 +36,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _rate(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _rate(text: str) -> float:
+    value = _number(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"a dropout rate must be in [0, 1), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -117,7 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target", default=None, help="label column of a CSV")
     train.add_argument("--task", choices=["classification", "regression"], default=None,
                        help="inferred from the target when unambiguous")
-    train.add_argument("--val-fraction", type=_rate, default=0.25,
+    train.add_argument("--val-fraction", type=_fraction, default=0.25,
                        help="share of rows held out (stratified) for validation")
     train.add_argument("--save", type=Path, default=None,
                        help="write the model of the best p (lowest validation NLL, first seed) here")
@@ -216,8 +227,6 @@ def _train(args: argparse.Namespace) -> int:
     from dropkit.data import load_file, stratified_split
     from dropkit.report import summarize
 
-    if args.val_fraction == 0:
-        raise DataError("--val-fraction must be in (0, 1), got 0")
     args.out = _out_dir(args.out)
     data = load_file(args.data, args.target, args.task)
     results, extra = _sweep(args, data, lambda seed: stratified_split(data.y, args.val_fraction, seed=seed))
