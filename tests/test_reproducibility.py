@@ -149,13 +149,17 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path):
 
 
 class Block(torch.nn.Module):
-    def __init__(self, storage: str, seeded: bool) -> None:
+    def __init__(self, storage: str, seeded: bool | str) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
         kw = {"mask_storage": storage}
-        self.drop1 = Dropout(0.4, seed=1, **kw) if seeded else Dropout(0.4, **kw)
-        self.drop2 = Dropout(0.3, seed=2, **kw) if seeded else Dropout(0.3, **kw)
+        if seeded == "generator":  # a user generator, which torch.utils.checkpoint does not restore
+            gen = torch.Generator().manual_seed(5)
+            self.drop1, self.drop2 = Dropout(0.4, generator=gen, **kw), Dropout(0.3, generator=gen, **kw)
+        else:
+            self.drop1 = Dropout(0.4, seed=1, **kw) if seeded else Dropout(0.4, **kw)
+            self.drop2 = Dropout(0.3, seed=2, **kw) if seeded else Dropout(0.3, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(torch.tanh(self.fc1(x)))))
@@ -182,7 +186,7 @@ def _run(block: Block, x: torch.Tensor, reentrant: bool | None) -> tuple:
     return out.detach(), grads, masks
 
 
-@pytest.mark.parametrize("seeded", [True, False], ids=["seeded", "default-seed"])
+@pytest.mark.parametrize("seeded", [True, False, "generator"], ids=["seeded", "default-seed", "generator"])
 @pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("storage", ["bits", "seed", "bool"])
 def test_activation_checkpointing_recomputes_the_same_masks(storage, reentrant, seeded):
@@ -198,7 +202,7 @@ def test_activation_checkpointing_recomputes_the_same_masks(storage, reentrant, 
         assert torch.equal(y0, y1)
         for a, b in zip(g0, g1, strict=True):
             assert torch.equal(a, b)
-        if seeded:
+        if seeded is True:
             assert ckpt.drop1.stream_state() == plain.drop1.stream_state()
             assert ckpt.drop2.stream_state() == plain.drop2.stream_state()
     # 4 original calls, then 4 recomputed ones (region 2 first), each equal to its original.

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dropkit.functional._checks import check_p
-from dropkit.rng import blocks_for, check_seed, seed_to_signed, signed_to_seed
+from dropkit.rng import blocks_for, check_seed, draw_seed, draw_seed_int, seed_to_signed, signed_to_seed
 
 __all__ = ["StreamModule"]
 
@@ -70,7 +70,7 @@ class StreamModule(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
-        self._replay: deque[tuple[torch.Tensor, int]] = deque(maxlen=_REPLAY_DEPTH)
+        self._replay: deque[tuple[torch.Tensor | int, int]] = deque(maxlen=_REPLAY_DEPTH)
         self._replay_session: tuple[int, int] | None = None
         if seed is None:
             self.seed = None
@@ -83,13 +83,31 @@ class StreamModule(nn.Module):
     def _check_rate(p: object, name: str = "p") -> float:
         return check_p(p, name)
 
-    def take_stream(self, words: int) -> tuple[torch.Tensor | None, torch.Tensor | int]:
+    def take_stream(self, words: int) -> tuple[torch.Tensor | int | None, torch.Tensor | int]:
         """Reserve ``words`` stream words; returns the ``(seed, offset)`` to pass to a function.
 
-        For an unseeded module this is ``(None, 0)`` and the function draws a fresh seed.
+        * seeded module: its own seed and the next free offset;
+        * ``generator=g``: a seed drawn from ``g`` here, at offset 0;
+        * neither: ``(None, 0)``, and the function draws a fresh seed from torch's generator.
+
+        Layers pass exactly these two values on, never the generator itself.
         """
-        if self.seed is None:
+        if self.seed is None and self.generator is None:
+            # torch.utils.checkpoint saves and restores torch's default generators, so the seed a
+            # recomputation draws is the one the original call drew.
             return None, 0
+        if self.seed is None:
+            # A user's generator is not restored by checkpointing: the seed drawn here is
+            # remembered and replayed like a seeded module's offset.
+            if torch.compiler.is_compiling():
+                return draw_seed(self.generator), 0
+            with _OFFSET_LOCK:
+                if _in_backward() and self._replay:
+                    return self._replayed(0), 0
+                seed = draw_seed_int(self.generator)
+                if _may_be_recomputed():
+                    self._replay.append((seed, 0))
+            return seed, 0
         blocks = blocks_for(words)
         if torch.compiler.is_compiling():
             offset = self.offset.clone()
@@ -104,25 +122,25 @@ class StreamModule(nn.Module):
                 self._replay.append((offset, blocks))
         return self.seed, offset
 
-    def _replayed(self, blocks: int) -> torch.Tensor:
+    def _replayed(self, blocks: int) -> torch.Tensor | int:
         # One recomputed region runs inside one autograd node; a second call of this module
         # within the same node would need an older reservation than the newest one.
         node = torch._C._current_autograd_node()
         session = None if node is None else (torch._C._current_graph_task_id(), node._sequence_nr())
         if session is not None and session == self._replay_session:
             raise RuntimeError(
-                f"{type(self).__name__}(seed=...) was called more than once inside one checkpointed "
-                "region; its recomputed masks cannot be matched to the original calls. Give each "
-                "call site its own layer."
+                f"{type(self).__name__} with its own seed or generator was called more than once "
+                "inside one checkpointed region; its recomputed masks cannot be matched to the "
+                "original calls. Give each call site its own layer."
             )
         self._replay_session = session
-        offset, reserved = self._replay.pop()
+        position, reserved = self._replay.pop()
         if reserved != blocks:
             raise RuntimeError(
                 f"recomputed call of {type(self).__name__} needs {blocks} stream blocks but the "
                 f"original call reserved {reserved}: the checkpointed forward is not deterministic"
             )
-        return offset
+        return position
 
     def stream_state(self) -> dict[str, int] | None:
         """The module's ``{"seed", "offset"}`` as unsigned ints, or None if it owns no stream."""

@@ -34,7 +34,7 @@ class _Alpha(StreamModule):
             check_floating(input)
             if not self._feature or input.dim() >= 2:
                 seed, offset = self.take_stream(alpha_words(tuple(input.shape), p, self._feature))
-        return fn(input, p, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator)
+        return fn(input, p, self.training, self.inplace, seed=seed, offset=offset)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()

@@ -129,7 +129,6 @@ class ConcreteDropout(StreamModule):
                 shared_dims=dims,
                 seed=seed,
                 offset=offset,
-                generator=self.generator,
             )
         return self.layer(x) if self.layer is not None else x
 

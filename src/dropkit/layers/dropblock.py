@@ -48,7 +48,6 @@ class _DropBlock(StreamModule):
             shared_channels=self.shared_channels,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

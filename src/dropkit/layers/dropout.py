@@ -78,7 +78,6 @@ class Dropout(StreamModule):
             shared_dims=self.shared_dims,
             seed=seed,
             offset=offset,
-            generator=self.generator,
             mask_storage=self.mask_storage,
         )
 

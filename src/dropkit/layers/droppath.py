@@ -64,7 +64,6 @@ class DropPath(StreamModule):
             scale_by_keep=self.scale_by_keep,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

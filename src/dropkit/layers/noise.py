@@ -52,7 +52,7 @@ class GaussianDropout(StreamModule):
             check_floating(input)
             seed, offset = self.take_stream(gaussian_words(input.numel(), 0.0 < p < 1.0))
         return gaussian_dropout(
-            input, p, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator
+            input, p, self.training, self.inplace, seed=seed, offset=offset
         )
 
     def extra_repr(self) -> str:
@@ -97,7 +97,7 @@ class GaussianNoise(StreamModule):
             check_floating(input)
             seed, offset = self.take_stream(gaussian_words(input.numel(), stddev > 0))
         return gaussian_noise(
-            input, stddev, self.training, self.inplace, seed=seed, offset=offset, generator=self.generator
+            input, stddev, self.training, self.inplace, seed=seed, offset=offset
         )
 
     def extra_repr(self) -> str:

@@ -65,7 +65,6 @@ class LockedDropout(StreamModule):
             batch_first=self.batch_first,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def extra_repr(self) -> str:
@@ -131,7 +130,6 @@ class EmbeddingDropout(StreamModule):
             scale=self.scale,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

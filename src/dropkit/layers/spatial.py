@@ -48,7 +48,6 @@ class _ChannelDropout(StreamModule):
             channels_last=self.channels_last,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def extra_repr(self) -> str:

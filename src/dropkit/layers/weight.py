@@ -75,7 +75,6 @@ class DropConnect(StreamModule):
             kwargs=kwargs,
             seed=seed,
             offset=offset,
-            generator=self.generator,
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
