@@ -364,3 +364,20 @@ def test_consistent_mode_with_droppath_and_dropconnect():
     assert model[1].mode == "row"
     with pytest.raises(ValueError, match=r"0 \(Dropout2d\)"):
         mc_predict(nn.Sequential(dropkit.Dropout2d(0.5)), torch.randn(2, 3, 4, 4), seed=0, consistent=True)
+
+
+def test_gal_log_likelihood_is_joint_over_a_points_values():
+    """(T, N, D) outputs: one isotropic Gaussian mixture per point, against scipy-free formulas."""
+    torch.manual_seed(0)
+    outputs, y, tau = torch.randn(5, 3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), 0.7
+    expected = 0.0
+    for n in range(3):
+        dens = [
+            math.prod(
+                math.sqrt(tau / (2 * math.pi)) * math.exp(-0.5 * tau * float(y[n, d] - outputs[t, n, d]) ** 2)
+                for d in range(2)
+            )
+            for t in range(5)
+        ]
+        expected += math.log(sum(dens) / 5) / 3
+    assert abs(gal_log_likelihood(outputs, y, tau) - expected) < 1e-12

@@ -182,10 +182,12 @@ def gal_tau(length_scale: float, p: float, n: int, weight_decay: float) -> float
 def gal_log_likelihood(outputs: torch.Tensor, y: torch.Tensor, tau: float) -> float:
     r"""Test log-likelihood of MC dropout under Gaussian noise of precision ``tau``, per point.
 
-    For each target ``y_n`` (Gal & Ghahramani 2016, eq. 8, estimated with ``T`` passes):
-    ``\log p(y_n) \approx \operatorname{logsumexp}_t(-\tfrac12 \tau (y_n - \hat y_{n,t})^2) - \log T
-    - \tfrac12 \log 2\pi + \tfrac12 \log \tau``, averaged over the points. With ``T = 1`` this
-    is the Gaussian log-density of ``y`` around ``\hat y`` with variance ``1 / tau``.
+    For each target ``y_n`` with ``D`` values (Gal & Ghahramani 2016, eq. 8, estimated with ``T``
+    passes): ``\log p(y_n) \approx \operatorname{logsumexp}_t(-\tfrac12 \tau \lVert y_n - \hat
+    y_{n,t}\rVert^2) - \log T - \tfrac D2 \log 2\pi + \tfrac D2 \log \tau``, averaged over the
+    points: the joint density of all of a point's values, an isotropic Gaussian mixture. With
+    ``T = 1`` this is the Gaussian log-density of ``y`` around ``\hat y`` with covariance
+    ``I / tau``.
 
     Args:
         outputs: MC predictions ``\hat y`` in the units of ``y``.
@@ -210,6 +212,8 @@ def gal_log_likelihood(outputs: torch.Tensor, y: torch.Tensor, tau: float) -> fl
     tau = check_positive(tau, "tau")
     dtype = torch.promote_types(outputs.dtype, torch.float64)
     sq = (y.to(dtype) - outputs.to(dtype)) ** 2
+    sq = sq.reshape(sq.shape[0], sq.shape[1], -1).sum(dim=2)  # (T, N): squared norms per point
+    d = math.prod(outputs.shape[2:])
     ll = torch.logsumexp(-0.5 * tau * sq, dim=0) - math.log(outputs.shape[0])
-    ll = ll - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau)
+    ll = ll - 0.5 * d * math.log(2 * math.pi) + 0.5 * d * math.log(tau)
     return float(ll.mean())
