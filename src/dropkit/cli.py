@@ -249,6 +249,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from dropkit.checkpoint import load_model
     from dropkit.data import load_features
+    from dropkit.report import json_safe
     from dropkit.uncertainty import classification_summary, mc_predict, regression_summary
 
     loaded = load_model(args.model)
@@ -272,7 +273,7 @@ def _predict(args: argparse.Namespace) -> int:
                  "total_variance": float(v) * scale**2 + loaded.noise_variance}
                 for i, (m, v) in enumerate(zip(s.mean.tolist(), s.epistemic_variance.tolist(), strict=True))]
     if args.json and args.output is None:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(json_safe(rows), indent=2))
         return 0
     stream = open(args.output, "w", newline="") if args.output is not None else sys.stdout
     try:

@@ -18,7 +18,16 @@ import numpy as np
 
 from dropkit.training import RunResult
 
-__all__ = ["METRICS", "format_table", "mean_se", "paired_difference", "reading", "summarize", "write_results"]
+__all__ = [
+    "METRICS",
+    "format_table",
+    "json_safe",
+    "mean_se",
+    "paired_difference",
+    "reading",
+    "summarize",
+    "write_results",
+]
 
 # (key, column header, which direction is better) per task, in table order.
 METRICS: dict[str, list[tuple[str, str, str]]] = {
@@ -230,7 +239,7 @@ def write_results(
         "runs": [r.to_json() for r in results],
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=2) + "\n")
     keys = [k for k, _, _ in METRICS[task] if rows and k in rows[0]]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -238,14 +247,20 @@ def write_results(
         for row in rows:
             stats = [row[k][s] for k in keys for s in ("mean", "se")]  # type: ignore[index]
             writer.writerow([row["p"], row["seeds"]] + ["" if math.isnan(v) else repr(v) for v in stats])
-    return _json_safe(doc)  # type: ignore[return-value]
+    return json_safe(doc)  # type: ignore[return-value]
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by None, so that it is valid JSON.
+
+    Example:
+        >>> json_safe({"a": [1.0, float("inf")], "b": float("nan")})
+        {'a': [1.0, None], 'b': None}
+    """
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
