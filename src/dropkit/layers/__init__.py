@@ -1,6 +1,6 @@
 """dropkit.layers: nn.Module wrappers of dropkit.functional (validation, buffers, extra_repr)."""
 
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule, StreamModule
 from dropkit.layers.alpha import AlphaDropout, FeatureAlphaDropout
 from dropkit.layers.concrete import ConcreteDropout, concrete_regularization
 from dropkit.layers.dropblock import DropBlock2d, DropBlock3d
@@ -28,6 +28,7 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
+    "RateModule",
     "StochasticDepth",
     "StreamModule",
     "WeightDrop",

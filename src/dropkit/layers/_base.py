@@ -11,7 +11,7 @@ from torch import nn
 from dropkit.functional._checks import check_p
 from dropkit.rng import blocks_for, check_seed, draw_seed, draw_seed_int, seed_to_signed, signed_to_seed
 
-__all__ = ["StreamModule"]
+__all__ = ["RateModule", "StreamModule"]
 
 # One lock for all layers: reserving an offset is a few tensor ops, so contention is
 # negligible, and a module-level lock keeps modules picklable and deep-copyable.
@@ -151,3 +151,26 @@ class StreamModule(nn.Module):
     def _stream_repr(self) -> str:
         state = self.stream_state()
         return "" if state is None else f", seed={state['seed']}"
+
+
+class RateModule(StreamModule):
+    """A stochastic module with a drop rate ``p`` and an ``inplace`` flag, as torch.nn.Dropout has.
+
+    ``p`` is checked here and again on every call (schedules change it between steps);
+    ``extra_repr`` shows ``p``, ``inplace`` and the module's seed, if it owns one.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(seed=seed, generator=generator)
+        self.p = self._check_rate(p)
+        self.inplace = bool(inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()

@@ -6,25 +6,13 @@ import torch
 
 from dropkit.functional._checks import check_floating
 from dropkit.functional.alpha import alpha_dropout, alpha_words, feature_alpha_dropout
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule
 
 __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
 
 
-class _Alpha(StreamModule):
+class _Alpha(RateModule):
     _feature = False
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
-        self.inplace = bool(inplace)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         p = self._check_rate(self.p)
@@ -35,9 +23,6 @@ class _Alpha(StreamModule):
             if not self._feature or input.dim() >= 2:
                 seed, offset = self.take_stream(alpha_words(tuple(input.shape), p, self._feature))
         return fn(input, p, self.training, self.inplace, seed=seed, offset=offset)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()
 
 
 class AlphaDropout(_Alpha):

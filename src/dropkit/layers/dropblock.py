@@ -7,12 +7,12 @@ import torch
 from dropkit.functional._checks import check_floating
 from dropkit.functional._noise import check_positive_ints
 from dropkit.functional.dropblock import drop_block2d, drop_block3d, dropblock_words
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule
 
 __all__ = ["DropBlock2d", "DropBlock3d"]
 
 
-class _DropBlock(StreamModule):
+class _DropBlock(RateModule):
     _dims = 2
 
     def __init__(
@@ -25,10 +25,8 @@ class _DropBlock(StreamModule):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
+        super().__init__(p, inplace, seed=seed, generator=generator)
         self.block_size = check_positive_ints(block_size, self._dims, "block_size")
-        self.inplace = bool(inplace)
         self.shared_channels = bool(shared_channels)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,12 @@ import torch
 
 from dropkit.functional._checks import check_dims_syntax, check_mask_storage, check_mode
 from dropkit.functional.dropout import dropout, mask_shape
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule
 
 __all__ = ["Dropout"]
 
 
-class Dropout(StreamModule):
+class Dropout(RateModule):
     r"""During training, zero each element with probability ``p``; a drop-in for torch.nn.Dropout.
 
     ``mode="inverted"``: training ``y = x * m / (1 - p)``, evaluation ``y = x``.
@@ -57,9 +57,7 @@ class Dropout(StreamModule):
         generator: torch.Generator | None = None,
         mask_storage: str = "bits",
     ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
-        self.inplace = bool(inplace)
+        super().__init__(p, inplace, seed=seed, generator=generator)
         self.mode = check_mode(mode)
         self.shared_dims = check_dims_syntax(shared_dims)
         self.mask_storage = check_mask_storage(mask_storage)

@@ -6,12 +6,12 @@ import torch
 
 from dropkit.functional._checks import check_floating
 from dropkit.functional.noise import check_stddev, gaussian_dropout, gaussian_noise, gaussian_words
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule, StreamModule
 
 __all__ = ["GaussianDropout", "GaussianNoise"]
 
 
-class GaussianDropout(StreamModule):
+class GaussianDropout(RateModule):
     r"""Multiply by ``1 + sqrt(p / (1 - p)) z``, ``z ~ N(0, 1)``, in training; identity in eval.
 
     Srivastava et al., JMLR 2014, sec. 10 (Keras's GaussianDropout). Mean preserved, variance
@@ -33,18 +33,6 @@ class GaussianDropout(StreamModule):
         torch.Size([2, 3])
     """
 
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
-        self.inplace = bool(inplace)
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         p = self._check_rate(self.p)
         seed, offset = None, 0
@@ -54,9 +42,6 @@ class GaussianDropout(StreamModule):
         return gaussian_dropout(
             input, p, self.training, self.inplace, seed=seed, offset=offset
         )
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()
 
 
 class GaussianNoise(StreamModule):

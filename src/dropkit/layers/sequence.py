@@ -8,12 +8,12 @@ from torch import nn
 from dropkit.functional._checks import check_floating
 from dropkit.functional._noise import check_rank
 from dropkit.functional.sequence import embedding_dropout, locked_dropout, locked_time_dim
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule, StreamModule
 
 __all__ = ["LockedDropout", "EmbeddingDropout"]
 
 
-class LockedDropout(StreamModule):
+class LockedDropout(RateModule):
     r"""Variational RNN dropout: one mask per sequence, shared over every time step.
 
     Gal and Ghahramani, NeurIPS 2016. ``y[t, n, c] = x[t, n, c] * m[n, c] / (1 - p)``; identity
@@ -44,10 +44,8 @@ class LockedDropout(StreamModule):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
+        super().__init__(p, inplace, seed=seed, generator=generator)
         self.batch_first = bool(batch_first)
-        self.inplace = bool(inplace)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         p = self._check_rate(self.p)

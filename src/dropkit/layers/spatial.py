@@ -9,12 +9,12 @@ import torch
 from dropkit.functional._noise import check_rank
 from dropkit.functional.dropout import mask_shape
 from dropkit.functional.spatial import _LAYOUTS, dropout1d, dropout2d, dropout3d, spatial_shared_dims
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import RateModule
 
 __all__ = ["Dropout1d", "Dropout2d", "Dropout3d"]
 
 
-class _ChannelDropout(StreamModule):
+class _ChannelDropout(RateModule):
     _spatial = 0
 
     def __init__(
@@ -26,9 +26,7 @@ class _ChannelDropout(StreamModule):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
-        self.inplace = bool(inplace)
+        super().__init__(p, inplace, seed=seed, generator=generator)
         self.channels_last = bool(channels_last)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -51,10 +49,7 @@ class _ChannelDropout(StreamModule):
         )
 
     def extra_repr(self) -> str:
-        s = f"p={self.p}, inplace={self.inplace}"
-        if self.channels_last:
-            s += ", channels_last=True"
-        return s + self._stream_repr()
+        return super().extra_repr() + (", channels_last=True" if self.channels_last else "")
 
 
 class Dropout1d(_ChannelDropout):
