@@ -57,6 +57,8 @@ def check_seed(seed: object, name: str = "seed") -> int:
         TypeError: if ``seed`` is not an integer (bool is refused too).
         ValueError: if ``seed`` is negative or not below ``2**64``.
     """
+    if type(seed) is int and 0 <= seed < _U64:  # the common case, checked without ABC lookups
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r} of type {type(seed).__name__}")
     seed = int(seed)

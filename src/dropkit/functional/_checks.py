@@ -20,6 +20,8 @@ def check_p(p: object, name: str = "p", *, open_interval: bool = False) -> float
     Raises:
         ValueError: naming the value, if ``p`` is not a real number, is NaN, or is out of range.
     """
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked without ABC lookups
+        return p
     if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.requires_grad:
         p = p.item()
     if isinstance(p, bool) or not isinstance(p, numbers.Real):

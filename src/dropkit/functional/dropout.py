@@ -149,8 +149,8 @@ def dropout(
     seed_v, offset_v = stream_position(seed, offset, generator)
     threshold = keep_threshold(p)
     scale = inverted_scale(p) if mode == "inverted" else 1.0
-    shape = mask_shape(input.shape, dims) if dims else tuple(input.shape)
-    if math.prod(shape) == input.numel():
+    shape = mask_shape(input.shape, dims) if dims else None
+    if shape is None or math.prod(shape) == input.numel():
         if not (input.requires_grad and torch.is_grad_enabled()):
             mask_storage = "seed"  # nothing will be needed for backward
         y = ops.dropout(input.contiguous(), seed_v, offset_v, threshold, scale, mask_storage)
