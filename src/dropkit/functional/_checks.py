@@ -20,7 +20,7 @@ def check_p(p: object, name: str = "p", *, open_interval: bool = False) -> float
     Raises:
         ValueError: naming the value, if ``p`` is not a real number, is NaN, or is out of range.
     """
-    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked without ABC lookups
+    if type(p) is float and not open_interval and 0.0 <= p <= 1.0:  # common case, no ABC lookups
         return p
     if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.requires_grad:
         p = p.item()
