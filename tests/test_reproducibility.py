@@ -227,12 +227,17 @@ def test_checkpointed_gradient_accumulation_over_two_forwards():
     assert torch.equal(lin.bias.grad, 2.0 * k1.sum(0) + 4.0 * k2.sum(0))
 
 
-def test_one_seeded_layer_twice_in_one_region_raises():
-    drop = Dropout(0.5, seed=0)
-    x = torch.randn(4, 4, requires_grad=True)
-    y = checkpoint(lambda t: drop(drop(t * 2)), x, use_reentrant=False)
-    with pytest.raises(RuntimeError, match="more than once inside one checkpointed region"):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_one_seeded_layer_twice_in_one_region_replays_both_calls(reentrant):
+    grads = []
+    for use_checkpoint in (False, True):
+        x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        drop = Dropout(0.5, seed=0)
+        twice = torch.nn.Sequential(drop, drop)
+        y = checkpoint(twice, x * 2, use_reentrant=reentrant) if use_checkpoint else twice(x * 2)
         y.sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
 
 
 # --- no silent mask reuse ----------------------------------------------------------------------

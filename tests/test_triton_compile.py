@@ -33,7 +33,7 @@ def compile_(fn, sig, consts, warps):
                        options={"num_warps": warps, "enable_fp_fusion": False})
     return k.asm["ptx"]
 
-stream = {"seed_lo": "u32", "seed_hi": "i32", "off_lo": "i32", "off_hi": "u32", "thr": "i64"}
+stream = {"seed_ptr": "*i64", "off_ptr": "*i64", "thr": "i64"}  # the position is read from memory
 sig = dict({"x_ptr": "*bf16", "y_ptr": "*bf16", "mask_in_ptr": "*u8", "mask_out_ptr": "*u8",
             "scale_ptr": "*fp32", "n": "i32"}, **stream)
 ptx = compile_(tb._dropout_kernel, sig, {"SOURCE": 0, "SAVE": 1, "WRITE_Y": True, "BLOCK": tb.BLOCK}, 4)

@@ -199,4 +199,4 @@ def _set_stream(module: StreamModule, seed: int) -> None:
             delattr(module, name)
     module.register_buffer("seed", torch.tensor(seed_to_signed(seed), dtype=torch.int64, device=device))
     module.register_buffer("offset", torch.zeros((), dtype=torch.int64, device=device))
-    module._replay.clear()
+    module._own = None

@@ -1,16 +1,26 @@
-"""dropkit's operators: torch.library custom ops with fake kernels and autograd.
+"""dropkit's operators: the only door to the backends, and the only module that knows about
+torch.compile.
 
-:func:`dropout` is the entry point. Under torch.compile it calls the custom ops; in eager mode
-it calls the same backend functions through a plain autograd.Function, because the custom-op
-dispatcher costs more per call than the whole kernel on the small tensors of an MLP. Both
-paths run the same backend code with the same arguments, so their masks are identical.
+Every random draw of the family passes through here: dropout with its backward
+(:func:`dropout`), keep-masks (:func:`keep_mask`), uniforms and normals (:func:`uniform`,
+:func:`normal`), and the fused dropout-add-norm (:func:`dropout_add_norm`). Each picks a backend
+from the tensor's device and dtype: the native CPU kernel for CPU tensors, Triton for CUDA
+tensors, and the reference backend for everything else, for an operation the preferred backend
+does not implement, or when it cannot load (reported once, with a warning that points at the
+caller's line).
 
-The ops take the stream position as 0-dim int64 tensors (``seed``, ``offset``) rather than
-Python ints. Under torch.compile this keeps the mask out of the graph (the kernel reads the
-values when it runs) and avoids a recompilation per step, and a seeded layer can advance its
-``offset`` buffer in place. Each op picks a backend from the tensor's device: the native CPU
-kernel for CPU tensors, Triton for CUDA tensors, the reference backend otherwise or when the
-preferred backend cannot load (reported once with a warning).
+**Positions.** A stream position is ``(seed, offset)``: Python ints on the host, or 0-dim int64
+tensors holding their bits (a GPU layer's buffers, or anything under torch.compile). Backends
+say which form they read (``POSITION = "host"`` or ``"device"``) and this module hands them that
+form: tensors become ints for host backends (a free read for CPU tensors), ints become device
+tensors for device backends, so a GPU kernel reads its position from memory and never syncs.
+
+**One autograd definition.** :class:`_Dropout` is the only autograd code. In eager mode its
+forward and backward call the backend directly; under torch.compile they call the custom ops
+``dropkit::dropout_fwd`` / ``dropkit::dropout_bwd`` (opaque to the compiler, with fake kernels
+for shapes), so the compiled graph neither bakes in a mask nor recompiles per step. The
+custom-op dispatcher is skipped in eager mode because it costs more per call than the whole
+kernel on the small tensors of an MLP.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,27 +37,42 @@ from types import ModuleType
 import torch
 
 from dropkit.backends import reference
+from dropkit.backends.reference import opmath_dtype
 from dropkit.rng import seed_to_signed, signed_to_seed
 
 __all__ = [
     "MASK_STORAGES",
+    "opmath_dtype",
+    "compiling",
     "backend_for",
     "backend_name",
     "use_backend",
     "dropout",
-    "mask",
-    "dropout_fwd",
-    "dropout_bwd",
     "keep_mask",
+    "uniform",
+    "normal",
+    "fuses_dropout_add_norm",
+    "dropout_add_norm",
 ]
 
 MASK_STORAGES = ("bits", "seed", "bool")
+
+compiling = torch.compiler.is_compiling
 
 # Device type -> module path of the preferred backend.
 _PREFERRED = {"cpu": "dropkit.backends.cpu", "cuda": "dropkit.backends.triton"}
 _loaded: dict[str, ModuleType | None] = {}
 _load_lock = threading.Lock()
 _forced = threading.local()
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The warnings stacklevel of the first frame outside dropkit (the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _load(path: str) -> ModuleType | None:
@@ -65,7 +91,7 @@ def _load(path: str) -> ModuleType | None:
                     f"dropkit: backend {path} is unavailable ({exc}); using the reference "
                     "backend, which gives the same masks but is slower",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=_caller_stacklevel(),
                 )
         return _loaded[path]
 
@@ -75,11 +101,16 @@ _ENV_BACKEND = os.environ.get("DROPKIT_BACKEND") or None
 _by_device: dict[str, ModuleType] = {}
 
 
-def backend_for(device: torch.device) -> ModuleType:
-    """The backend module that runs ops for tensors on ``device``.
+def backend_for(device: torch.device, dtype: torch.dtype | None = None) -> ModuleType:
+    """The backend module that runs ops for tensors of ``dtype`` on ``device``.
 
     ``DROPKIT_BACKEND=reference`` in the environment (read when dropkit is imported), or
-    :func:`use_backend`, forces the reference backend.
+    :func:`use_backend`, forces a backend. A backend that does not handle ``dtype`` (its
+    ``DTYPES``) leaves the call to the reference backend.
+
+    Example:
+        >>> backend_for(torch.device("cpu")).__name__.rsplit(".", 1)[-1] in ("cpu", "reference")
+        True
     """
     forced = getattr(_forced, "name", None) or _ENV_BACKEND
     if forced in (None, "auto"):
@@ -87,13 +118,17 @@ def backend_for(device: torch.device) -> ModuleType:
         if backend is None:
             path = _PREFERRED.get(device.type)
             backend = _by_device[device.type] = (_load(path) if path else None) or reference
-        return backend
-    if forced == "reference":
+    elif forced == "reference":
         return reference
-    path = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}.get(forced)
-    if path is None:
-        raise ValueError(f"unknown dropkit backend {forced!r}; use auto, reference, native or triton")
-    return _load(path) or reference
+    else:
+        names = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}
+        path = names.get(forced)
+        if path is None:
+            raise ValueError(f"unknown dropkit backend {forced!r}; use auto, reference, native or triton")
+        backend = _load(path) or reference
+    if dtype is not None and backend.DTYPES is not None and dtype not in backend.DTYPES:
+        return reference
+    return backend
 
 
 def backend_name(device: torch.device | str = "cpu") -> str:
@@ -125,8 +160,30 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.name = previous
 
 
-def _stream(seed: torch.Tensor, offset: torch.Tensor) -> tuple[int, int]:
-    return signed_to_seed(int(seed.item())), signed_to_seed(int(offset.item()))
+def _position(
+    backend: ModuleType, seed: int | torch.Tensor, offset: int | torch.Tensor, device: torch.device
+) -> tuple:
+    """``(seed, offset)`` in the form ``backend`` reads (see the module docstring)."""
+    if backend.POSITION == "host":
+        if type(seed) is not int:
+            seed = signed_to_seed(int(seed))
+        if type(offset) is not int:
+            offset = signed_to_seed(int(offset))
+        return seed, offset
+    if type(seed) is int:
+        seed = torch.tensor(seed_to_signed(seed), dtype=torch.int64).to(device, non_blocking=True)
+    if type(offset) is int:
+        offset = torch.tensor(seed_to_signed(offset), dtype=torch.int64).to(device, non_blocking=True)
+    return seed, offset
+
+
+def _as_tensor(value: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(seed_to_signed(value), dtype=torch.int64)
+
+
+# ---- The custom ops: what torch.compile sees. Eager code calls the backends directly. ----
 
 
 def _saved_like(x: torch.Tensor, storage: str) -> torch.Tensor:
@@ -139,21 +196,20 @@ def _saved_like(x: torch.Tensor, storage: str) -> torch.Tensor:
 
 
 @torch.library.custom_op("dropkit::dropout_fwd", mutates_args=())
-def dropout_fwd(
+def _dropout_fwd_op(
     x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, threshold: int, scale: float, storage: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dropout forward on a contiguous ``x``; returns ``(y, saved)`` (see dropkit.backends)."""
-    s, o = _stream(seed, offset)
-    return backend_for(x.device).dropout_forward(x, s, o, threshold, scale, storage)
+    backend = backend_for(x.device, x.dtype)
+    return backend.dropout_forward(x, *_position(backend, seed, offset, x.device), threshold, scale, storage)
 
 
-@dropout_fwd.register_fake
+@_dropout_fwd_op.register_fake
 def _(x, seed, offset, threshold, scale, storage):
     return torch.empty_like(x, memory_format=torch.contiguous_format), _saved_like(x, storage)
 
 
 @torch.library.custom_op("dropkit::dropout_bwd", mutates_args=())
-def dropout_bwd(
+def _dropout_bwd_op(
     grad: torch.Tensor,
     saved: torch.Tensor,
     seed: torch.Tensor,
@@ -162,112 +218,96 @@ def dropout_bwd(
     scale: float,
     storage: str,
 ) -> torch.Tensor:
-    """Dropout backward: ``grad_in = where(keep, grad * scale, 0)`` for a contiguous ``grad``."""
-    s, o = _stream(seed, offset)
-    return backend_for(grad.device).dropout_backward(grad, saved, s, o, threshold, scale, storage)
+    backend = backend_for(grad.device, grad.dtype)
+    position = _position(backend, seed, offset, grad.device)
+    return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
 
 
-@dropout_bwd.register_fake
+@_dropout_bwd_op.register_fake
 def _(grad, saved, seed, offset, threshold, scale, storage):
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
-def _setup_fwd(ctx, inputs, output):
-    _, seed, offset, threshold, scale, storage = inputs
-    ctx.save_for_backward(output[1], seed, offset)
-    ctx.threshold, ctx.scale, ctx.storage = threshold, scale, storage
-
-
-def _backward_fwd(ctx, grad_y, _grad_saved):
-    saved, seed, offset = ctx.saved_tensors
-    grad_x = dropout_bwd(grad_y.contiguous(), saved, seed, offset, ctx.threshold, ctx.scale, ctx.storage)
-    return grad_x, None, None, None, None, None
-
-
-dropout_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)
-
-
-def _setup_bwd(ctx, inputs, output):
-    _, saved, seed, offset, threshold, scale, storage = inputs
-    ctx.save_for_backward(saved, seed, offset)
-    ctx.threshold, ctx.scale, ctx.storage = threshold, scale, storage
-
-
-def _backward_bwd(ctx, grad_grad_in):
-    # The backward map is linear with the same mask, so its own gradient is itself.
-    saved, seed, offset = ctx.saved_tensors
-    gg = dropout_bwd(grad_grad_in.contiguous(), saved, seed, offset, ctx.threshold, ctx.scale, ctx.storage)
-    return gg, None, None, None, None, None, None
-
-
-dropout_bwd.register_autograd(_backward_bwd, setup_context=_setup_bwd)
-
-
 @torch.library.custom_op("dropkit::keep_mask", mutates_args=())
-def keep_mask(
+def _keep_mask_op(
     seed: torch.Tensor, offset: torch.Tensor, numel: int, threshold: int, device: torch.device
 ) -> torch.Tensor:
-    """Flat bool keep-mask of ``numel`` elements from the stream ``(seed, offset)``."""
-    s, o = _stream(seed, offset)
-    return backend_for(device).keep_mask(numel, s, o, threshold, device)
+    backend = backend_for(device)
+    return backend.keep_mask(numel, *_position(backend, seed, offset, device), threshold, device)
 
 
-@keep_mask.register_fake
+@_keep_mask_op.register_fake
 def _(seed, offset, numel, threshold, device):
     return torch.empty((numel,), dtype=torch.bool, device=device)
 
 
-def _as_ints(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[int, int]:
-    if isinstance(seed, torch.Tensor):
-        seed = signed_to_seed(int(seed))
-    if isinstance(offset, torch.Tensor):
-        offset = signed_to_seed(int(offset))
-    return seed, offset
+@torch.library.custom_op("dropkit::uniform", mutates_args=())
+def _uniform_op(
+    seed: torch.Tensor, offset: torch.Tensor, numel: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    backend = _noise_backend(device, "uniform")
+    return backend.uniform(numel, *_position(backend, seed, offset, device), dtype, device)
 
 
-def _as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(seed, torch.Tensor):
-        seed = torch.tensor(seed_to_signed(seed))
-    if not isinstance(offset, torch.Tensor):
-        offset = torch.tensor(seed_to_signed(offset))
-    return seed, offset
+@_uniform_op.register_fake
+def _(seed, offset, numel, dtype, device):
+    return torch.empty((numel,), dtype=dtype, device=device)
 
 
-class _EagerDropout(torch.autograd.Function):
-    """Eager-mode route to the backend (see the module docstring)."""
+@torch.library.custom_op("dropkit::normal", mutates_args=())
+def _normal_op(
+    seed: torch.Tensor, offset: torch.Tensor, numel: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    backend = _noise_backend(device, "normal")
+    return backend.normal(numel, *_position(backend, seed, offset, device), dtype, device)
+
+
+@_normal_op.register_fake
+def _(seed, offset, numel, dtype, device):
+    return torch.empty((numel,), dtype=dtype, device=device)
+
+
+# ---- The one autograd definition ----
+
+
+def _forward(x, seed, offset, threshold, scale, storage):
+    if compiling():
+        return _dropout_fwd_op(x, _as_tensor(seed), _as_tensor(offset), threshold, scale, storage)
+    backend = backend_for(x.device, x.dtype)
+    return backend.dropout_forward(x, *_position(backend, seed, offset, x.device), threshold, scale, storage)
+
+
+def _backward(grad, saved, seed, offset, threshold, scale, storage):
+    if compiling():
+        return _dropout_bwd_op(grad, saved, _as_tensor(seed), _as_tensor(offset), threshold, scale, storage)
+    backend = backend_for(grad.device, grad.dtype)
+    position = _position(backend, seed, offset, grad.device)
+    return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
+
+
+class _Dropout(torch.autograd.Function):
+    """``y = where(keep, x * scale, 0)``; its backward is the same map of the gradient (linear,
+    with the same mask), so the backward's own backward is itself: higher orders come free."""
 
     @staticmethod
-    def forward(ctx, x, seed, offset, threshold, scale, storage):
-        backend = backend_for(x.device)
-        y, saved = backend.dropout_forward(x, seed, offset, threshold, scale, storage)
+    def forward(ctx, x, saved, seed, offset, threshold, scale, storage):
+        if saved is None:
+            y, saved = _forward(x, seed, offset, threshold, scale, storage)
+        else:  # applying the backward map: x is a gradient
+            y = _backward(x, saved, seed, offset, threshold, scale, storage)
         ctx.save_for_backward(saved)
-        ctx.backend, ctx.args = backend, (seed, offset, threshold, scale, storage)
+        ctx.args = (seed, offset, threshold, scale, storage)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
         if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable too
-            grad_x = _EagerDropoutBackward.apply(grad_y.contiguous(), saved, *ctx.args)
+            grad_x = _Dropout.apply(grad_y, saved, *ctx.args)
         else:
-            grad_x = ctx.backend.dropout_backward(grad_y.contiguous(), saved, *ctx.args)
-        return grad_x, None, None, None, None, None
-
-
-class _EagerDropoutBackward(torch.autograd.Function):
-    """``where(keep, grad * scale, 0)``; linear with the same mask, so its gradient is itself."""
-
-    @staticmethod
-    def forward(ctx, grad, saved, seed, offset, threshold, scale, storage):
-        ctx.save_for_backward(saved)
-        ctx.args = (seed, offset, threshold, scale, storage)
-        return backend_for(grad.device).dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
-
-    @staticmethod
-    def backward(ctx, gg):
-        (saved,) = ctx.saved_tensors
-        out = _EagerDropoutBackward.apply(gg.contiguous(), saved, *ctx.args)
-        return out, None, None, None, None, None, None
+            grad_x = _backward(grad_y, saved, *ctx.args)
+        return grad_x, None, None, None, None, None, None
 
 
 def dropout(
@@ -281,18 +321,97 @@ def dropout(
     """Dropout of a contiguous ``x`` with autograd: ``where(keep, x * scale, 0)``.
 
     ``keep`` is the philox-v1 mask of ``x.numel()`` words at ``(seed, offset)`` and ``threshold``
-    (docs/rng.md); ``storage`` says what backward reads ("bits", "seed" or "bool"). The stream
-    position is given as unsigned ints or as 0-dim int64 tensors holding their bits.
+    (docs/rng.md); ``storage`` says what backward reads ("bits", "seed" or "bool").
+
+    Example:
+        >>> x = torch.ones(6)
+        >>> torch.equal(dropout(x, 1, 0, 2**31, 2.0, "bits"), keep_mask(6, 1, 0, 2**31, x.device) * 2.0)
+        True
     """
-    if torch.compiler.is_compiling():
-        return dropout_fwd(x, *_as_tensors(seed, offset), threshold, scale, storage)[0]
-    return _EagerDropout.apply(x, *_as_ints(seed, offset), threshold, scale, storage)
+    return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
 
 
-def mask(
-    seed: int | torch.Tensor, offset: int | torch.Tensor, numel: int, threshold: int, device: torch.device
+def keep_mask(
+    numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, device: torch.device
 ) -> torch.Tensor:
-    """Flat bool keep-mask of ``numel`` elements; like :func:`dropout`, ints or tensors."""
-    if torch.compiler.is_compiling():
-        return keep_mask(*_as_tensors(seed, offset), numel, threshold, device)
-    return backend_for(device).keep_mask(numel, *_as_ints(seed, offset), threshold, device)
+    """Flat bool keep-mask of ``numel`` elements: element ``i`` is kept iff word ``i >= threshold``.
+
+    Example:
+        >>> keep_mask(4, 0, 0, 0, torch.device("cpu")).tolist()
+        [True, True, True, True]
+    """
+    if compiling():
+        return _keep_mask_op(_as_tensor(seed), _as_tensor(offset), numel, threshold, device)
+    backend = backend_for(device)
+    return backend.keep_mask(numel, *_position(backend, seed, offset, device), threshold, device)
+
+
+def _noise_backend(device: torch.device, op: str) -> ModuleType:
+    backend = backend_for(device)
+    return backend if hasattr(backend, op) else reference
+
+
+def uniform(
+    numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``numel`` uniforms in (0, 1) from ``numel`` stream words: ``u = ((w >> 8) + 0.5) * 2**-24``.
+
+    Example:
+        >>> u = uniform(1000, 0, 0, torch.float32, torch.device("cpu"))
+        >>> bool((u > 0).all() and (u < 1).all())
+        True
+    """
+    if compiling():
+        return _uniform_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
+    backend = _noise_backend(device, "uniform")
+    return backend.uniform(numel, *_position(backend, seed, offset, device), dtype, device)
+
+
+def normal(
+    numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``numel`` standard normals by Box-Muller from ``2 * ceil(numel / 2)`` stream words.
+
+    Example:
+        >>> z = normal(100000, 0, 0, torch.float64, torch.device("cpu"))
+        >>> abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+        True
+    """
+    if compiling():
+        return _normal_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
+    backend = _noise_backend(device, "normal")
+    return backend.normal(numel, *_position(backend, seed, offset, device), dtype, device)
+
+
+def fuses_dropout_add_norm(x: torch.Tensor) -> bool:
+    """Whether a backend fuses :func:`dropout_add_norm` for ``x`` (Triton, rows that fit).
+
+    Example:
+        >>> fuses_dropout_add_norm(torch.ones(2, 4))
+        False
+    """
+    fused = getattr(backend_for(x.device, x.dtype), "fused_norm", None)
+    return fused is not None and 0 < x.shape[-1] <= fused().MAX_COLUMNS and x.numel() > 0
+
+
+def dropout_add_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
+    threshold: int,
+    scale: float,
+    active: bool,
+    rms: bool,
+    eps: float,
+    save_mask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused ``(norm(dropout(x) + residual), dropout(x) + residual)`` of contiguous 2-D
+    ``(M, N)`` tensors, where :func:`fuses_dropout_add_norm` says a backend fuses it."""
+    backend = backend_for(x.device, x.dtype)
+    seed, offset = _position(backend, seed, offset, x.device)
+    return backend.fused_norm().FusedDropoutAddNorm.apply(
+        x, residual, weight, bias, seed, offset, threshold, scale, active, rms, eps, save_mask
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import threading
 
 import torch
 
@@ -37,6 +38,10 @@ __all__ = [
     "derive_seed",
     "seed_to_signed",
     "signed_to_seed",
+    "Stream",
+    "DrawnStream",
+    "BufferStream",
+    "TensorStream",
 ]
 
 STREAM_VERSION = "philox-v1"
@@ -266,3 +271,136 @@ def derive_seed(base_seed: int, *parts: str | int) -> int:
             raise TypeError(f"derive_seed parts must be str or int, got {part!r}")
     text = "|".join([STREAM_VERSION, str(base_seed), *(str(p) for p in parts)])
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Stream:
+    """A position on the philox-v1 stream that reserves exactly the words drawn from it.
+
+    ``take(words)`` returns the ``(seed, offset)`` at which a draw of ``words`` words starts and
+    moves the position past them: ``offset`` advances by ``ceil(words / 4)`` blocks (mod
+    2**64), so the next draw never reuses a word. The function that draws is the one that
+    calls ``take``; no caller predicts how many words it will use. ``words`` counts every word
+    reserved so far.
+
+    This form holds ``seed`` and ``offset`` as Python ints (CPU work: no tensor operation per
+    call). :class:`TensorStream` holds them in device memory.
+
+    Example:
+        >>> s = Stream(7)
+        >>> s.take(10), s.take(1), s.offset, s.words
+        ((7, 0), (7, 3), 4, 11)
+    """
+
+    __slots__ = ("seed", "offset", "words")
+
+    def __init__(self, seed: int | None, offset: int = 0) -> None:
+        self.seed = seed
+        self.offset = offset
+        self.words = 0
+
+    def take(self, words: int) -> tuple[int, int]:
+        """Reserve ``words`` words; returns the ``(seed, offset)`` of the first one."""
+        start = self.offset
+        self.offset = (start + ((words + 3) >> 2)) & (_U64 - 1)
+        self.words += words
+        return self.seed, start
+
+
+class DrawnStream(Stream):
+    """A stream whose seed is drawn from ``generator`` (torch's default one if None) at the
+    first ``take``: a call that ends up drawing nothing leaves torch's generator untouched.
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = DrawnStream(None).take(4)
+        >>> _ = torch.manual_seed(0); a == (draw_seed_int(), 0)
+        True
+    """
+
+    __slots__ = ("generator",)
+
+    def __init__(self, generator: torch.Generator | None) -> None:
+        super().__init__(None, 0)
+        self.generator = generator
+
+    def take(self, words: int) -> tuple[int, int]:
+        """Reserve ``words`` words, drawing the seed first if this is the first draw."""
+        if self.seed is None:
+            self.seed = draw_seed_int(self.generator)
+        return Stream.take(self, words)
+
+
+class BufferStream(Stream):
+    """The stream of a seeded module whose ``seed`` and ``offset`` buffers live on the CPU.
+
+    It reads and advances the buffers in place through NumPy views of their memory (about a
+    tenth of the cost of a tensor operation), so the ``state_dict`` always holds the position
+    and an edit of a buffer is seen by the next draw. A reservation holds a lock, so threads
+    calling one module at once never share an offset.
+
+    Example:
+        >>> seed, offset = torch.tensor(5), torch.tensor(0)
+        >>> s = BufferStream(seed, offset)
+        >>> s.take(9), int(offset)
+        ((5, 0), 3)
+    """
+
+    __slots__ = ("seed_buffer", "offset_buffer", "_seed", "_offset")
+    _lock = threading.Lock()
+
+    def __init__(self, seed: torch.Tensor, offset: torch.Tensor) -> None:
+        super().__init__(None, 0)
+        self.seed_buffer, self.offset_buffer = seed, offset
+        self._seed = seed.detach().numpy().view("uint64")
+        self._offset = offset.detach().numpy().view("uint64")
+
+    def take(self, words: int) -> tuple[int, int]:
+        """Reserve ``words`` words from the buffers; returns unsigned ``(seed, offset)`` ints."""
+        with BufferStream._lock:
+            start = int(self._offset[()])
+            self._offset[()] = (start + ((words + 3) >> 2)) & (_U64 - 1)
+            self.words += words
+        return int(self._seed[()]), start
+
+
+class TensorStream:
+    """A stream whose position lives in 0-dim int64 tensors (two's-complement bits), e.g. on
+    the GPU or under torch.compile.
+
+    ``take`` returns ``(seed, offset)`` as tensors and advances ``offset`` in place with a
+    device operation, so no value is ever read back to the host: kernels read the position
+    from memory, and a step that uses the stream can be captured in a CUDA graph. With
+    ``seed=None`` the seed is drawn from ``generator`` (as a tensor) at the first ``take``.
+
+    Example:
+        >>> s = TensorStream(torch.tensor(3), torch.tensor(0))
+        >>> seed, offset = s.take(5)
+        >>> int(seed), int(offset), int(s.offset)
+        (3, 0, 2)
+    """
+
+    __slots__ = ("seed", "offset", "words", "generator", "lock")
+
+    def __init__(
+        self,
+        seed: torch.Tensor | None,
+        offset: torch.Tensor,
+        generator: torch.Generator | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.seed, self.offset, self.generator, self.lock = seed, offset, generator, lock
+        self.words = 0
+
+    def take(self, words: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reserve ``words`` words; returns the seed and a copy of the starting offset."""
+        if self.seed is None:
+            self.seed = draw_seed(self.generator).to(self.offset.device)
+        if self.lock is None:  # compiled code: the graph orders the reservations
+            return self._reserve(words)
+        with self.lock:
+            return self._reserve(words)
+
+    def _reserve(self, words: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.offset.clone()
+        self.offset.add_((words + 3) >> 2)
+        self.words += words
+        return self.seed, start

@@ -5,11 +5,27 @@ It is the oracle that the native CPU and Triton backends are tested against bit 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from dropkit.rng import philox_words
+from dropkit.rng import philox_words, words_to_uniform
 
-__all__ = ["keep_mask", "pack_mask", "unpack_mask", "dropout_forward", "dropout_backward"]
+__all__ = [
+    "POSITION",
+    "DTYPES",
+    "keep_mask",
+    "pack_mask",
+    "unpack_mask",
+    "dropout_forward",
+    "dropout_backward",
+    "uniform",
+    "normal",
+]
+
+# Stream positions arrive as Python ints; every dtype and device is served.
+POSITION = "host"
+DTYPES = None
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -84,3 +100,38 @@ def dropout_backward(
     else:
         mask = keep_mask(n, seed, offset, threshold, grad.device)
     return _apply(grad, mask, scale)
+
+
+def uniform(
+    numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``numel`` uniforms in (0, 1): element ``i`` is ``((w[i] >> 8) + 0.5) * 2**-24`` (numel words).
+
+    Example:
+        >>> float(uniform(1, 0, 0, torch.float64)[0]) == ((0x6627e8d5 >> 8) + 0.5) * 2**-24
+        True
+    """
+    return words_to_uniform(philox_words(seed, offset, numel, device=device), dtype)
+
+
+def normal(
+    numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``numel`` standard normals by the Box-Muller transform of stream uniforms.
+
+    Pair ``k`` takes ``u1 = U(w[2k])`` and ``u2 = U(w[2k + 1])`` (float64) and gives
+    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)``,
+    rounded once to ``dtype``; ``2 * ceil(numel / 2)`` words are used. The uniforms lie in the
+    open interval (0, 1), so the logarithm is always finite.
+
+    Example:
+        >>> z = normal(3, 0, 0, torch.float64)
+        >>> u = uniform(4, 0, 0, torch.float64)
+        >>> bool(z[0] == torch.sqrt(-2 * torch.log(u[0])) * torch.cos(2 * math.pi * u[1]))
+        True
+    """
+    u = uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64, device).view(-1, 2)
+    r = torch.sqrt(-2.0 * torch.log(u[:, 0]))
+    angle = (2.0 * math.pi) * u[:, 1]
+    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=1).reshape(-1)[:numel]
+    return z.to(dtype)

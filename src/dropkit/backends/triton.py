@@ -21,13 +21,26 @@ import triton
 import triton.language as tl
 
 from dropkit.backends.reference import opmath_dtype
-from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, seed_to_signed
 
-__all__ = ["keep_mask", "pack_mask", "dropout_forward", "dropout_backward", "stream_args"]
+__all__ = [
+    "POSITION",
+    "DTYPES",
+    "keep_mask",
+    "pack_mask",
+    "dropout_forward",
+    "dropout_backward",
+    "load_position",
+    "fused_norm",
+]
+
+# Stream positions arrive as 0-dim int64 device tensors and the kernels read them from memory:
+# no value travels back to the host, and a launch can be captured in a CUDA graph.
+POSITION = "device"
+DTYPES = frozenset((torch.float32, torch.float64, torch.bfloat16, torch.float16))
 
 # Philox blocks per program: 4 * BLOCK elements and BLOCK / 2 mask bytes per program.
 BLOCK = 256
-_MASK32 = 0xFFFFFFFF
 
 # Philox constants as constexpr: compiled kernels may only read constexpr globals.
 _M0 = tl.constexpr(PHILOX_M0)
@@ -57,6 +70,16 @@ def philox_block(c0, c1, k0, k1):
         k0 = k0 + _W0
         k1 = k1 + _W1
     return c0, c1, c2, c3
+
+
+@triton.jit
+def load_position(seed_ptr, off_ptr):
+    """The key words ``(seed_lo, seed_hi)`` and counter words ``(off_lo, off_hi)`` (uint32) of
+    the position stored as two int64 scalars (two's-complement bits of the unsigned values)."""
+    seed = tl.load(seed_ptr)
+    offset = tl.load(off_ptr)
+    return ((seed & 0xFFFFFFFF).to(tl.uint32), ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32),
+            (offset & 0xFFFFFFFF).to(tl.uint32), ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32))
 
 
 @triton.jit
@@ -128,7 +151,7 @@ def downcast(v, DTYPE: tl.constexpr):
         return v.to(DTYPE)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["thr"])
 def _dropout_kernel(
     x_ptr,
     y_ptr,
@@ -136,10 +159,8 @@ def _dropout_kernel(
     mask_out_ptr,
     scale_ptr,
     n,
-    seed_lo,
-    seed_hi,
-    off_lo,
-    off_hi,
+    seed_ptr,
+    off_ptr,
     thr,
     SOURCE: tl.constexpr,
     SAVE: tl.constexpr,
@@ -152,8 +173,8 @@ def _dropout_kernel(
     byte = pid * (BLOCK // 2) + tl.arange(0, BLOCK // 2)
     nbytes = (n + 7) // 8
     if SOURCE == 0:
-        w = stream_words(pid * BLOCK, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32),
-                         off_lo.to(tl.uint32), off_hi.to(tl.uint32), BLOCK)
+        seed_lo, seed_hi, off_lo, off_hi = load_position(seed_ptr, off_ptr)
+        w = stream_words(pid * BLOCK, seed_lo, seed_hi, off_lo, off_hi, BLOCK)
         # Compared in int64: the threshold reaches 2**32 (p = 1) and the words are unsigned.
         keep = (w.to(tl.int64) >= thr.to(tl.int64)) & inside
     elif SOURCE == 1:
@@ -170,11 +191,6 @@ def _dropout_kernel(
         tl.store(mask_out_ptr + byte, pack_bits(keep, BLOCK // 2), mask=byte < nbytes)
     elif SAVE == 2:
         tl.store(mask_out_ptr + idx, keep.to(tl.uint8), mask=inside)
-
-
-def stream_args(seed: int, offset: int) -> tuple[int, int, int, int]:
-    """Seed and offset split into the 32-bit words the kernels take: key words, counter words."""
-    return seed & _MASK32, seed >> 32, offset & _MASK32, offset >> 32
 
 
 @functools.lru_cache(maxsize=64)
@@ -196,13 +212,20 @@ def _launch(
     mask_in: torch.Tensor | None = None,
     mask_out: torch.Tensor | None = None,
     scale: float = 1.0,
-    stream: tuple[int, int] = (0, 0),
+    stream: tuple[int | torch.Tensor, int | torch.Tensor] | None = None,
     threshold: int = 0,
     source: int = _FROM_STREAM,
     save: int = _SAVE_NONE,
 ) -> None:
     if n == 0:
         return
+    if stream is not None:
+        # Positions given as ints (direct calls of this module) become device scalars.
+        stream = tuple(
+            v if isinstance(v, torch.Tensor)
+            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
+            for v in stream
+        )
     dtype = opmath_dtype(x.dtype) if x is not None else torch.float32
     s = scale_tensor(float(scale), dtype, device)
     # Unused pointers still need a tensor of the right device; the constexprs keep them untouched.
@@ -215,7 +238,7 @@ def _launch(
         mask_out.view(torch.uint8) if mask_out is not None else placeholder,
         s,
         n,
-        *stream_args(*stream),
+        *(stream if stream is not None else (placeholder, placeholder)),
         int(threshold),
         SOURCE=source,
         SAVE=save,
@@ -227,8 +250,19 @@ def _launch(
     )
 
 
+def fused_norm():
+    """The fused dropout-add-norm kernels (:mod:`dropkit.backends.triton_norm`)."""
+    from dropkit.backends import triton_norm
+
+    return triton_norm
+
+
 def keep_mask(
-    numel: int, seed: int, offset: int, threshold: int, device: torch.device | str | None = None
+    numel: int,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
+    threshold: int,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Bool keep-mask of shape (numel,): element ``i`` is kept iff word ``i`` >= ``threshold``."""
     device = torch.device(device) if device is not None else torch.device("cuda")
@@ -247,7 +281,8 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def dropout_forward(
-    x: torch.Tensor, seed: int, offset: int, threshold: int, scale: float, storage: str
+    x: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, scale: float,
+    storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep, x * scale, 0)`` and what ``storage`` asks to be saved for backward."""
     n = x.numel()
@@ -268,8 +303,8 @@ def dropout_forward(
 def dropout_backward(
     grad: torch.Tensor,
     saved: torch.Tensor,
-    seed: int,
-    offset: int,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
     threshold: int,
     scale: float,
     storage: str,

@@ -25,9 +25,9 @@ from dropkit.backends.reference import opmath_dtype
 from dropkit.backends.triton import (
     downcast,
     element_words,
+    load_position,
     pack_bits,
     scale_tensor,
-    stream_args,
     stream_words,
     unpack_bits,
     upcast,
@@ -40,13 +40,9 @@ MAX_COLUMNS = 65536
 
 
 @triton.jit
-def _row_keep(row, N, cols, seed_lo, seed_hi, off_lo, off_hi, thr, BLOCK_N: tl.constexpr,
-              ALIGNED: tl.constexpr):
+def _row_keep(row, N, cols, seed_ptr, off_ptr, thr, BLOCK_N: tl.constexpr, ALIGNED: tl.constexpr):
     """The keep-mask of one row: element ``i = row * N + col`` is kept iff ``w[i] >= thr``."""
-    k0 = seed_lo.to(tl.uint32)
-    k1 = seed_hi.to(tl.uint32)
-    c_lo = off_lo.to(tl.uint32)
-    c_hi = off_hi.to(tl.uint32)
+    k0, k1, c_lo, c_hi = load_position(seed_ptr, off_ptr)
     if ALIGNED:
         # N % 4 == 0: the row starts on a Philox block, one call yields four of its elements.
         w = stream_words(row * (N // 4), k0, k1, c_lo, c_hi, BLOCK_N // 4)
@@ -55,10 +51,10 @@ def _row_keep(row, N, cols, seed_lo, seed_hi, off_lo, off_hi, thr, BLOCK_N: tl.c
     return w.to(tl.int64) >= thr.to(tl.int64)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["thr"])
 def _fwd_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, bits_ptr, mean_ptr, rstd_ptr, scale_ptr,
-    N, seed_lo, seed_hi, off_lo, off_hi, thr, eps,
+    N, seed_ptr, off_ptr, thr, eps,
     DROPOUT: tl.constexpr, SAVE_BITS: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -71,7 +67,7 @@ def _fwd_kernel(
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     x = upcast(tl.load(x_ptr + base + cols, mask=inside, other=0.0), OPMATH)
     if DROPOUT:
-        keep = _row_keep(row, N, cols, seed_lo, seed_hi, off_lo, off_hi, thr, BLOCK_N, ALIGNED) & inside
+        keep = _row_keep(row, N, cols, seed_ptr, off_ptr, thr, BLOCK_N, ALIGNED) & inside
         x = upcast(downcast(tl.where(keep, x * scale, 0.0), DTYPE), OPMATH)
         if SAVE_BITS:
             byte = tl.arange(0, BLOCK_N // 8)
@@ -96,11 +92,11 @@ def _fwd_kernel(
     tl.store(y_ptr + base + cols, downcast(y, DTYPE), mask=inside)
 
 
-@triton.jit(do_not_specialize=["M", "seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["M", "thr"])
 def _bwd_kernel(
     dy_ptr, dh_ptr, h_ptr, w_ptr, mean_ptr, rstd_ptr, bits_ptr, scale_ptr,
     dx_ptr, dr_ptr, dw_ptr, db_ptr,
-    M, N, seed_lo, seed_hi, off_lo, off_hi, thr,
+    M, N, seed_ptr, off_ptr, thr,
     DROPOUT: tl.constexpr, FROM_BITS: tl.constexpr, HAS_DH: tl.constexpr, RMS: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -143,7 +139,7 @@ def _bwd_kernel(
                 keep = unpack_bits(tl.load(bits_ptr + row * (BLOCK_N // 8) + byte), BLOCK_N // 8)
             else:
                 # mask_storage="seed": the mask was never stored; draw the same words again.
-                keep = _row_keep(row, N, cols, seed_lo, seed_hi, off_lo, off_hi, thr, BLOCK_N, ALIGNED)
+                keep = _row_keep(row, N, cols, seed_ptr, off_ptr, thr, BLOCK_N, ALIGNED)
             dx = tl.where(keep, upcast(dh_low, OPMATH) * scale, 0.0)
             tl.store(dx_ptr + base + cols, downcast(dx, DTYPE), mask=inside)
         else:
@@ -186,7 +182,7 @@ class FusedDropoutAddNorm(torch.autograd.Function):
             _fwd_kernel[(M,)](
                 x, residual, weight, bias if bias is not None else weight, y, h,
                 bits if save_bits else s, mean if not rms else rstd, rstd, s,
-                N, *stream_args(seed, offset), int(threshold), float(eps),
+                N, seed, offset, int(threshold), float(eps),
                 DROPOUT=bool(dropout), SAVE_BITS=save_bits, HAS_BIAS=bias is not None, RMS=bool(rms),
                 ALIGNED=aligned, BLOCK_N=block_n, num_warps=_warps(block_n),
                 # x * scale + residual must round twice, as dropout then add does on the CPU:
@@ -226,7 +222,7 @@ class FusedDropoutAddNorm(torch.autograd.Function):
                 grad_y, grad_h if grad_h is not None else grad_y, h, weight,
                 mean if not rms else rstd, rstd, bits if from_bits else s, s,
                 dx, dr, dw, db,
-                M, N, *stream_args(seed, offset), threshold,
+                M, N, seed, offset, threshold,
                 DROPOUT=dropout, FROM_BITS=from_bits, HAS_DH=grad_h is not None, RMS=rms,
                 ALIGNED=N % 4 == 0, BLOCK_N=block_n, num_warps=_warps(block_n),
                 enable_fp_fusion=False,

@@ -1,82 +1,54 @@
 """Stream-drawn uniforms and normals, and small helpers shared by the dropout family.
 
-Masks go through :func:`dropkit.ops.keep_mask` (the backend-dispatched op). Continuous noise
-(Gaussian dropout, Gaussian noise, the relaxed Bernoulli of Concrete dropout) is derived here
-from :func:`dropkit.rng.philox_words`, the pure-torch reference generator: the fused native
-kernel covers plain and shared-dims dropout only.
+Every draw goes through :mod:`dropkit.ops` (which picks the backend): the function that draws
+reserves exactly its words from the stream it was handed.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
 import torch
 
-from dropkit.backends.reference import opmath_dtype
-from dropkit.functional._checks import stream_tensors
-from dropkit.rng import philox_words, signed_to_seed, words_to_uniform
+from dropkit import ops
 
 __all__ = [
-    "normal_words",
-    "stream_uniform",
-    "stream_normal",
+    "draw_uniform",
+    "draw_normal",
     "zeros_with_grad",
     "check_rank",
     "check_positive_ints",
+    "opmath",
 ]
 
 
-def _position(
-    seed: int | torch.Tensor | None, offset: int | torch.Tensor, generator: torch.Generator | None
-) -> tuple[int, int]:
-    seed_t, offset_t = stream_tensors(seed, offset, generator)
-    return signed_to_seed(int(seed_t.item())), signed_to_seed(int(offset_t.item()))
+def draw_uniform(stream: object, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``n`` uniforms in (0, 1) from ``n`` words of ``stream``: ``((w[i] >> 8) + 0.5) * 2**-24``.
 
-
-def stream_uniform(
-    n: int,
-    *,
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``n`` uniforms in (0, 1): element ``i`` is ``((w[i] >> 8) + 0.5) * 2**-24`` (n words)."""
-    s, o = _position(seed, offset, generator)
-    return words_to_uniform(philox_words(s, o, n, device=device), dtype)
-
-
-def normal_words(n: int) -> int:
-    """Stream words that :func:`stream_normal` uses for ``n`` normals: ``2 * ceil(n / 2)``."""
-    return 2 * ((n + 1) // 2)
-
-
-def stream_normal(
-    n: int,
-    *,
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``n`` standard normals by the Box-Muller transform of stream uniforms.
-
-    Pair ``k`` takes ``u1 = U(w[2k])`` and ``u2 = U(w[2k + 1])`` and gives
-    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)``;
-    the call uses ``2 * ceil(n / 2)`` words, i.e. ``ceil(n / 2) / 2`` blocks rounded up. The
-    uniforms lie in the open interval (0, 1), so the logarithm is always finite.
+    Example:
+        >>> from dropkit.rng import Stream
+        >>> s = Stream(0)
+        >>> u = draw_uniform(s, 5, torch.float64, torch.device("cpu"))
+        >>> s.words, bool(((u > 0) & (u < 1)).all())
+        (5, True)
     """
-    u = stream_uniform(
-        normal_words(n), seed=seed, offset=offset, generator=generator, device=device, dtype=torch.float64
-    ).view(-1, 2)
-    r = torch.sqrt(-2.0 * torch.log(u[:, 0]))
-    angle = (2.0 * math.pi) * u[:, 1]
-    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=1).reshape(-1)[:n]
-    return z.to(dtype)
+    seed, offset = stream.take(n)
+    return ops.uniform(n, seed, offset, dtype, device)
+
+
+def draw_normal(stream: object, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``n`` standard normals by Box-Muller (:func:`dropkit.ops.normal`): ``2 * ceil(n / 2)`` words.
+
+    Example:
+        >>> from dropkit.rng import Stream
+        >>> s = Stream(0)
+        >>> z = draw_normal(s, 7, torch.float32, torch.device("cpu"))
+        >>> s.words, z.shape
+        (8, torch.Size([7]))
+    """
+    seed, offset = stream.take(2 * ((n + 1) // 2))
+    return ops.normal(n, seed, offset, dtype, device)
 
 
 def zeros_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -109,4 +81,4 @@ def check_positive_ints(value: object, n: int, name: str) -> tuple[int, ...]:
 
 def opmath(x: torch.Tensor) -> torch.dtype:
     """The dtype the family computes in: float64 for float64 inputs, float32 otherwise."""
-    return opmath_dtype(x.dtype)
+    return ops.opmath_dtype(x.dtype)

@@ -18,7 +18,7 @@ import math
 import torch
 
 from dropkit import ops
-from dropkit.functional._checks import check_floating, check_p, stream_tensors
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import opmath, zeros_with_grad
 from dropkit.rng import keep_threshold
 
@@ -28,7 +28,6 @@ __all__ = [
     "alpha_dropout",
     "feature_alpha_dropout",
     "alpha_affine",
-    "alpha_words",
 ]
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -52,23 +51,23 @@ def alpha_affine(p: float) -> tuple[float, float, float]:
     return a, b + 0.0, _ALPHA_PRIME
 
 
-def _alpha(
+def apply_alpha(
     input: torch.Tensor,
     p: float,
-    training: bool,
     inplace: bool,
     mask_shape: tuple[int, ...],
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
-    generator: torch.Generator | None,
+    stream: object,
 ) -> torch.Tensor:
-    if not training or p == 0.0:
+    """The unchecked core of the alpha dropouts: draw the mask over ``mask_shape`` (exactly its
+    ``prod(mask_shape)`` words; none for p = 0 or 1) and apply ``a (x m + alpha' (1 - m)) + b``."""
+    if p == 0.0:
         return input
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
-        seed_t, offset_t = stream_tensors(seed, offset, generator)
-        keep = ops.keep_mask(seed_t, offset_t, math.prod(mask_shape), keep_threshold(p), input.device)
+        numel = math.prod(mask_shape)
+        seed, offset = stream.take(numel)
+        keep = ops.keep_mask(numel, seed, offset, keep_threshold(p), input.device)
         a, b, alpha_p = alpha_affine(p)
         dt = opmath(input)
         x = input.to(dt)
@@ -77,16 +76,18 @@ def _alpha(
     return input.copy_(y) if inplace else y
 
 
-def alpha_words(shape: tuple[int, ...], p: float, feature: bool = False) -> int:
-    """Stream words one alpha-dropout call uses: the mask's element count, 0 if p is 0 or 1.
+def feature_mask_shape(input: torch.Tensor) -> tuple[int, ...]:
+    """The mask shape of feature alpha dropout, ``(N, C, 1, ..., 1)``; ValueError below rank 2.
 
     Example:
-        >>> alpha_words((4, 3, 5), 0.5), alpha_words((4, 3, 5), 0.5, feature=True), alpha_words((4,), 1.0)
-        (60, 12, 0)
+        >>> feature_mask_shape(torch.zeros(4, 3, 5))
+        (4, 3, 1)
     """
-    if p in (0.0, 1.0):
-        return 0
-    return math.prod(shape[:2]) if feature else math.prod(shape)
+    if input.dim() < 2:
+        raise ValueError(
+            f"feature_alpha_dropout expects input of shape (N, C, *), got shape {tuple(input.shape)}"
+        )
+    return tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
 
 
 def alpha_dropout(
@@ -123,7 +124,10 @@ def alpha_dropout(
     """
     check_floating(input)
     p = check_p(p)
-    return _alpha(input, p, training, inplace, tuple(input.shape), seed, offset, generator)
+    stream = open_stream(seed, offset, generator, input.device)
+    if not training:
+        return input
+    return apply_alpha(input, p, inplace, tuple(input.shape), stream)
 
 
 def feature_alpha_dropout(
@@ -159,9 +163,8 @@ def feature_alpha_dropout(
     """
     check_floating(input)
     p = check_p(p)
-    if input.dim() < 2:
-        raise ValueError(
-            f"feature_alpha_dropout expects input of shape (N, C, *), got shape {tuple(input.shape)}"
-        )
-    shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
-    return _alpha(input, p, training, inplace, shape, seed, offset, generator)
+    stream = open_stream(seed, offset, generator, input.device)
+    shape = feature_mask_shape(input)
+    if not training:
+        return input
+    return apply_alpha(input, p, inplace, shape, stream)

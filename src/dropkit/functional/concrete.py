@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from dropkit.functional._checks import check_dims, check_floating
-from dropkit.functional._noise import opmath, stream_uniform
+from dropkit.functional._checks import check_dims, check_floating, open_stream
+from dropkit.functional._noise import draw_uniform, opmath
 from dropkit.functional.dropout import mask_shape
 
 __all__ = ["concrete_dropout", "concrete_regularizer", "concrete_regularizer_from_logit"]
@@ -79,14 +79,21 @@ def concrete_dropout(
         isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
     ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    dims = check_dims(shared_dims, input.dim()) if shared_dims else ()
+    stream = open_stream(seed, offset, generator, input.device)
     if not training:
         return input
-    dims = check_dims(shared_dims, input.dim()) if shared_dims else ()
+    return apply_concrete(input, p_logit, float(temperature), dims, stream)
+
+
+def apply_concrete(
+    input: torch.Tensor, p_logit: torch.Tensor, temperature: float, dims: tuple[int, ...], stream: object
+) -> torch.Tensor:
+    """The unchecked core of :func:`concrete_dropout` in training: one uniform per element of
+    the mask shape, drawn from ``stream``."""
     shape = mask_shape(input.shape, dims)
     dt = opmath(input)
-    u = stream_uniform(
-        math.prod(shape), seed=seed, offset=offset, generator=generator, device=input.device, dtype=dt
-    ).view(shape)
+    u = draw_uniform(stream, math.prod(shape), dt, input.device).view(shape)
     logit = p_logit.to(dt).reshape(())
     z = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / temperature)
     keep_scale = (1.0 - z) / torch.sigmoid(-logit)

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import ops
-from dropkit.functional._checks import check_floating, check_p, stream_tensors
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import check_positive_ints, check_rank, zeros_with_grad
 from dropkit.rng import keep_threshold
 
-__all__ = ["drop_block2d", "drop_block3d", "dropblock_gamma", "dropblock_seed_shape", "dropblock_words"]
+__all__ = ["drop_block2d", "drop_block3d", "dropblock_gamma", "dropblock_seed_shape"]
 
 
 def dropblock_gamma(p: float, block_size: tuple[int, ...], feat_size: tuple[int, ...]) -> float:
@@ -64,21 +64,6 @@ def dropblock_seed_shape(
     return (shape[0], 1 if shared_channels else shape[1], *valid)
 
 
-def dropblock_words(
-    shape: tuple[int, ...], dims: int, p: float, block_size: tuple[int, ...], shared_channels: bool = False
-) -> int:
-    """Stream words one DropBlock call on ``shape`` uses: the seed grid's size (0 if p is 0 or 1).
-
-    Example:
-        >>> dropblock_words((2, 3, 14, 14), 2, 0.1, (7, 7))
-        384
-    """
-    if p in (0.0, 1.0) or math.prod(shape) == 0 or len(shape) not in (dims + 1, dims + 2):
-        return 0
-    batched = shape if len(shape) == dims + 2 else (1, *shape)
-    return math.prod(dropblock_seed_shape(batched, block_size, shared_channels))
-
-
 def _drop_block(
     input: torch.Tensor,
     dims: int,
@@ -94,6 +79,22 @@ def _drop_block(
     check_floating(input)
     p = check_p(p)
     blocks = check_positive_ints(block_size, dims, "block_size")
+    stream = open_stream(seed, offset, generator, input.device)
+    return apply_drop_block(input, dims, p, blocks, training, bool(inplace), bool(shared_channels), stream)
+
+
+def apply_drop_block(
+    input: torch.Tensor,
+    dims: int,
+    p: float,
+    blocks: tuple[int, ...],
+    training: bool,
+    inplace: bool,
+    shared_channels: bool,
+    stream: object,
+) -> torch.Tensor:
+    """The unchecked core of DropBlock: check the rank, then draw the seed grid from ``stream``
+    (one word per seed position) and apply the block mask in training."""
     layout = "(N, C, H, W) or (C, H, W)" if dims == 2 else "(N, C, D, H, W) or (C, D, H, W)"
     check_rank(input, (dims + 1, dims + 2), layout, f"drop_block{dims}d")
     if not training or p == 0.0 or input.numel() == 0:
@@ -106,9 +107,10 @@ def _drop_block(
     blocks = tuple(min(b, f) for b, f in zip(blocks, spatial, strict=True))
     seed_shape = dropblock_seed_shape(tuple(x.shape), blocks, shared_channels)
     gamma = dropblock_gamma(p, blocks, spatial)
-    seed_t, offset_t = stream_tensors(seed, offset, generator)
+    numel = math.prod(seed_shape)
+    seed, offset = stream.take(numel)
     # keep_mask is True where the word is >= threshold, so its complement marks the seeds.
-    seeds = ~ops.keep_mask(seed_t, offset_t, math.prod(seed_shape), keep_threshold(gamma), x.device)
+    seeds = ~ops.keep_mask(numel, seed, offset, keep_threshold(gamma), x.device)
     seeds = seeds.view(seed_shape).to(torch.float32)
     # Padding b - 1 zeros on both sides and max-pooling with a b-wide window makes output
     # position y the OR of the seeds at y - b + 1 .. y, i.e. of every block covering y.

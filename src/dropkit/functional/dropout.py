@@ -13,14 +13,13 @@ from collections.abc import Sequence
 import torch
 
 from dropkit import ops
-from dropkit.backends.reference import opmath_dtype
 from dropkit.functional._checks import (
     check_dims,
     check_floating,
     check_mask_storage,
     check_mode,
     check_p,
-    stream_position,
+    open_stream,
 )
 from dropkit.rng import keep_threshold
 
@@ -76,11 +75,53 @@ def dropout_mask(
         raise ValueError(f"shape must have non-negative sizes, got {shape}")
     if seed is None:
         raise ValueError("dropout_mask needs an explicit seed")
-    seed_v, offset_v = stream_position(seed, offset, None)
-    numel = math.prod(shape)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    mask = ops.mask(seed_v, offset_v, numel, keep_threshold(p), device)
-    return mask.view(shape)
+    numel = math.prod(shape)
+    seed, offset = open_stream(seed, offset, None, device).take(numel)
+    return ops.keep_mask(numel, seed, offset, keep_threshold(p), device).view(shape)
+
+
+def evaluation(input: torch.Tensor, p: float, mode: str, inplace: bool) -> torch.Tensor:
+    """Dropout's rule outside training: ``x`` (inverted) or ``(1 - p) x`` (classic)."""
+    if mode == "inverted" or p == 0.0:
+        return input
+    return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
+
+
+def apply_dropout(
+    input: torch.Tensor,
+    threshold: int,
+    scale: float,
+    dims: tuple[int, ...],
+    stream: object,
+    mask_storage: str,
+    inplace: bool,
+) -> torch.Tensor:
+    """Draw the keep-mask from ``stream`` and apply it: ``where(keep, x * scale, 0)``.
+
+    The unchecked core of :func:`dropout` that modules call with their own stream: ``dims`` are
+    the (normalized) shared dims, ``threshold`` is ``round(p * 2**32)``. It reserves exactly
+    the mask's words, ``prod(mask_shape(input.shape, dims))``.
+    """
+    if dims:
+        shape = mask_shape(input.shape, dims)
+        numel = math.prod(shape)
+        if numel != input.numel():
+            seed, offset = stream.take(numel)
+            keep = ops.keep_mask(numel, seed, offset, threshold, input.device).view(shape)
+            opmath = ops.opmath_dtype(input.dtype)
+            scaled = input.to(opmath) * torch.tensor(scale, dtype=opmath, device=input.device)
+            y = torch.where(keep, scaled, torch.zeros((), dtype=opmath, device=input.device)).to(input.dtype)
+            return input.copy_(y) if inplace else y
+    seed, offset = stream.take(input.numel())
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        mask_storage = "seed"  # nothing will be needed for backward
+    if input.is_contiguous():
+        y = ops.dropout(input, seed, offset, threshold, scale, mask_storage)
+    else:
+        y = ops.dropout(input.contiguous(), seed, offset, threshold, scale, mask_storage)
+        y = torch.empty_like(input).copy_(y)
+    return input.copy_(y) if inplace else y
 
 
 def dropout(
@@ -140,27 +181,10 @@ def dropout(
     mode = check_mode(mode)
     mask_storage = check_mask_storage(mask_storage)
     dims = check_dims(shared_dims, input.dim()) if shared_dims else ()
+    stream = open_stream(seed, offset, generator, input.device)
     if not training:
-        if mode == "inverted" or p == 0.0:
-            return input
-        return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
+        return evaluation(input, p, mode, inplace)
     if p == 0.0:
         return input
-    seed_v, offset_v = stream_position(seed, offset, generator)
-    threshold = keep_threshold(p)
     scale = inverted_scale(p) if mode == "inverted" else 1.0
-    shape = mask_shape(input.shape, dims) if dims else None
-    if shape is None or math.prod(shape) == input.numel():
-        if not (input.requires_grad and torch.is_grad_enabled()):
-            mask_storage = "seed"  # nothing will be needed for backward
-        y = ops.dropout(input.contiguous(), seed_v, offset_v, threshold, scale, mask_storage)
-        if not input.is_contiguous():
-            y = torch.empty_like(input).copy_(y)
-    else:
-        keep = ops.mask(seed_v, offset_v, math.prod(shape), threshold, input.device).view(shape)
-        opmath = opmath_dtype(input.dtype)
-        scaled = input.to(opmath) * torch.tensor(scale, dtype=opmath, device=input.device)
-        y = torch.where(keep, scaled, torch.zeros((), dtype=opmath, device=input.device)).to(input.dtype)
-    if inplace:
-        return input.copy_(y)
-    return y
+    return apply_dropout(input, keep_threshold(p), scale, dims, stream, mask_storage, inplace)

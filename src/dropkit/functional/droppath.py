@@ -15,8 +15,9 @@ import numbers
 
 import torch
 
-from dropkit.functional._checks import check_floating, check_p
-from dropkit.functional.dropout import dropout
+from dropkit.functional._checks import check_floating, check_p, open_stream
+from dropkit.functional.dropout import apply_dropout, inverted_scale
+from dropkit.rng import keep_threshold
 
 __all__ = ["drop_path", "drop_path_rates", "DROP_PATH_MODES", "DROP_PATH_RULES"]
 
@@ -74,22 +75,24 @@ def drop_path(
     check_floating(input)
     p = check_p(p)
     mode = check_drop_path_mode(mode)
+    stream = open_stream(seed, offset, generator, input.device)
+    if not training:
+        return input
+    return apply_drop_path(input, p, mode, bool(scale_by_keep), stream)
+
+
+def apply_drop_path(
+    input: torch.Tensor, p: float, mode: str, scale_by_keep: bool, stream: object
+) -> torch.Tensor:
+    """The unchecked core of :func:`drop_path`: one mask value per sample (row) or per batch,
+    drawn from ``stream`` (N words, or 1), applied in training."""
     if input.dim() < 1:
         raise ValueError(f"drop_path expects input of shape (N, *), got a 0-dim tensor {input!r}")
-    if not training or p == 0.0:
+    if p == 0.0:
         return input
-    first = 1 if mode == "row" else 0
-    shared = tuple(range(first, input.dim()))
-    return dropout(
-        input,
-        p,
-        True,
-        mode="inverted" if scale_by_keep else "classic",
-        shared_dims=shared,
-        seed=seed,
-        offset=offset,
-        generator=generator,
-    )
+    shared = tuple(range(1 if mode == "row" else 0, input.dim()))
+    scale = inverted_scale(p) if scale_by_keep else 1.0
+    return apply_dropout(input, keep_threshold(p), scale, shared, stream, "bits", False)
 
 
 def drop_path_rates(max_rate: float, depth: int, rule: str = "linear") -> list[float]:

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import ops
-from dropkit.functional._checks import check_floating, check_mask_storage, check_p, stream_tensors
-from dropkit.functional.dropout import dropout, inverted_scale
-from dropkit.rng import keep_threshold, signed_to_seed
+from dropkit.functional._checks import check_floating, check_mask_storage, check_p, open_stream
+from dropkit.functional.dropout import apply_dropout, inverted_scale
+from dropkit.rng import keep_threshold
 
 __all__ = ["dropout_add_norm", "NORMS"]
 
@@ -55,16 +55,6 @@ def _check_args(x, residual, weight, bias, norm, eps, prenorm, training) -> None
         raise TypeError(f"prenorm must be a bool, got {prenorm!r}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
-
-
-def _fused_backend(x: torch.Tensor):
-    """The fused Triton kernels when the Triton backend serves x's device (CUDA, or forced with
-    ``ops.use_backend("triton")``, e.g. for CPU tensors under TRITON_INTERPRET=1)."""
-    if x.shape[-1] == 0 or ops.backend_name(x.device) != "triton":
-        return None
-    from dropkit.backends import triton_norm
-
-    return triton_norm if x.shape[-1] <= triton_norm.MAX_COLUMNS else None
 
 
 def dropout_add_norm(
@@ -120,6 +110,7 @@ def dropout_add_norm(
         >>> x, res = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
         >>> w, b = torch.ones(8), torch.zeros(8)
         >>> y, h = dropout_add_norm(x, res, w, b, p=0.1, seed=3, prenorm=True)
+        >>> from dropkit.functional import dropout
         >>> torch.equal(h, dropout(x, 0.1, seed=3) + res)
         True
         >>> torch.allclose(y, torch.nn.functional.layer_norm(h, (8,), w, b), atol=1e-6)
@@ -128,31 +119,29 @@ def dropout_add_norm(
     _check_args(x, residual, weight, bias, norm, eps, prenorm, training)
     p = check_p(p)
     mask_storage = check_mask_storage(mask_storage)
+    stream = open_stream(seed, offset, None, x.device)
     active = training and p > 0.0
-    if active:
-        seed_t, offset_t = stream_tensors(seed, offset, None)
-    fused = _fused_backend(x)
-    if fused is not None and x.numel() > 0:
-        c = x.shape[-1]
+    threshold, scale = keep_threshold(p), inverted_scale(p) if active else 1.0
+    c = x.shape[-1]
+    if ops.fuses_dropout_add_norm(x):
+        # The fused kernel draws one word per element of x, as dropout would.
+        position = stream.take(x.numel()) if active else (0, 0)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, residual, weight, bias)
         )
-        s = signed_to_seed(int(seed_t.item())) if active else 0
-        o = signed_to_seed(int(offset_t.item())) if active else 0
-        y, h = fused.FusedDropoutAddNorm.apply(
+        y, h = ops.dropout_add_norm(
             x.reshape(-1, c).contiguous(), residual.reshape(-1, c).contiguous(), weight.contiguous(),
-            bias.contiguous() if bias is not None else None, s, o,
-            keep_threshold(p), inverted_scale(p) if active else 1.0, active, norm == "rms", float(eps),
-            needs_grad and mask_storage != "seed",
+            bias.contiguous() if bias is not None else None, *position, threshold, scale, active,
+            norm == "rms", float(eps), needs_grad and mask_storage != "seed",
         )
         y, h = y.view(x.shape), h.view(x.shape)
     else:
-        d = dropout(x, p, seed=seed_t, offset=offset_t, mask_storage=mask_storage) if active else x
+        d = apply_dropout(x, threshold, scale, (), stream, mask_storage, False) if active else x
         h = d + residual
         if norm == "layer":
-            y = F.layer_norm(h, (x.shape[-1],), weight, bias, float(eps))
+            y = F.layer_norm(h, (c,), weight, bias, float(eps))
         else:
-            y = F.rms_norm(h, (x.shape[-1],), weight, float(eps))
+            y = F.rms_norm(h, (c,), weight, float(eps))
             if bias is not None:
                 y = y + bias
     return (y, h) if prenorm else y

@@ -5,11 +5,9 @@ Overfitting", JMLR 2014, section 10) multiplies each unit by ``1 + sigma z`` wit
 ``sigma^2 = p / (1 - p)``: the same mean and variance as inverted Bernoulli dropout with drop
 rate ``p``. Gaussian noise adds ``stddev * z``. Both are identity outside training.
 
-The normals ``z`` come from the stream by Box-Muller (see
-:func:`dropkit.functional._noise.stream_normal`): element ``i`` (row-major) is normal ``i``;
-pair ``k`` of normals uses words ``2k`` and ``2k + 1``; a call on ``n`` elements uses
-``2 * ceil(n / 2)`` words. They are drawn by the pure-torch reference generator; the fused
-native kernel covers plain and shared-dims dropout only.
+The normals ``z`` come from the stream by Box-Muller (see :func:`dropkit.ops.normal`):
+element ``i`` (row-major) is normal ``i``; pair ``k`` of normals uses words ``2k`` and
+``2k + 1``; a call on ``n`` elements uses ``2 * ceil(n / 2)`` words.
 """
 
 from __future__ import annotations
@@ -19,20 +17,16 @@ import numbers
 
 import torch
 
-from dropkit.functional._checks import check_floating, check_p
-from dropkit.functional._noise import normal_words, opmath, stream_normal, zeros_with_grad
+from dropkit.functional._checks import check_floating, check_p, open_stream
+from dropkit.functional._noise import draw_normal, opmath, zeros_with_grad
 
-__all__ = ["gaussian_dropout", "gaussian_noise", "gaussian_words", "check_stddev"]
-
-
-def gaussian_words(numel: int, active: bool) -> int:
-    """Stream words a Gaussian call on ``numel`` elements uses (0 when it draws nothing).
-
-    Example:
-        >>> gaussian_words(7, True), gaussian_words(7, False)
-        (8, 0)
-    """
-    return normal_words(numel) if active else 0
+__all__ = [
+    "gaussian_dropout",
+    "gaussian_noise",
+    "check_stddev",
+    "apply_gaussian_dropout",
+    "apply_gaussian_noise",
+]
 
 
 def check_stddev(stddev: object) -> float:
@@ -83,15 +77,21 @@ def gaussian_dropout(
     """
     check_floating(input)
     p = check_p(p)
-    if not training or p == 0.0:
+    stream = open_stream(seed, offset, generator, input.device)
+    if not training:
+        return input
+    return apply_gaussian_dropout(input, p, bool(inplace), stream)
+
+
+def apply_gaussian_dropout(input: torch.Tensor, p: float, inplace: bool, stream: object) -> torch.Tensor:
+    """The unchecked core of :func:`gaussian_dropout` in training (normals drawn from ``stream``)."""
+    if p == 0.0:
         return input
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
         dt = opmath(input)
-        z = stream_normal(
-            input.numel(), seed=seed, offset=offset, generator=generator, device=input.device, dtype=dt
-        ).view(input.shape)
+        z = draw_normal(stream, input.numel(), dt, input.device).view(input.shape)
         y = (input.to(dt) * (1.0 + math.sqrt(p / (1.0 - p)) * z)).to(input.dtype)
     return input.copy_(y) if inplace else y
 
@@ -128,11 +128,17 @@ def gaussian_noise(
     """
     check_floating(input)
     stddev = check_stddev(stddev)
-    if not training or stddev == 0.0:
+    stream = open_stream(seed, offset, generator, input.device)
+    if not training:
+        return input
+    return apply_gaussian_noise(input, stddev, bool(inplace), stream)
+
+
+def apply_gaussian_noise(input: torch.Tensor, stddev: float, inplace: bool, stream: object) -> torch.Tensor:
+    """The unchecked core of :func:`gaussian_noise` in training (normals drawn from ``stream``)."""
+    if stddev == 0.0:
         return input
     dt = opmath(input)
-    z = stream_normal(
-        input.numel(), seed=seed, offset=offset, generator=generator, device=input.device, dtype=dt
-    ).view(input.shape)
+    z = draw_normal(stream, input.numel(), dt, input.device).view(input.shape)
     y = (input.to(dt) + stddev * z).to(input.dtype)
     return input.copy_(y) if inplace else y

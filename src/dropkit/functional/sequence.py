@@ -15,11 +15,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dropkit.functional._checks import check_floating, check_p
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import check_rank
-from dropkit.functional.dropout import dropout
+from dropkit.functional.dropout import apply_dropout, inverted_scale
+from dropkit.rng import keep_threshold
 
-__all__ = ["locked_dropout", "embedding_dropout", "locked_time_dim"]
+__all__ = [
+    "locked_dropout",
+    "embedding_dropout",
+    "locked_time_dim",
+    "apply_locked_dropout",
+    "apply_embedding_dropout",
+]
 
 
 def locked_time_dim(ndim: int, batch_first: bool) -> int:
@@ -64,12 +71,23 @@ def locked_dropout(
         True
     """
     check_floating(input)
+    p = check_p(p)
+    stream = open_stream(seed, offset, generator, input.device)
+    return apply_locked_dropout(input, p, training, bool(inplace), bool(batch_first), stream)
+
+
+def apply_locked_dropout(
+    input: torch.Tensor, p: float, training: bool, inplace: bool, batch_first: bool, stream: object,
+    name: str = "locked_dropout",
+) -> torch.Tensor:
+    """The unchecked core of :func:`locked_dropout`: check the rank (errors say ``name``), then
+    draw one word per (sample, unit) from ``stream`` in training."""
     layout = "(N, T, C) or (T, C)" if batch_first else "(T, N, C) or (T, C)"
-    check_rank(input, (2, 3), layout, "locked_dropout")
+    check_rank(input, (2, 3), layout, name)
+    if not training or p == 0.0:
+        return input
     shared = (locked_time_dim(input.dim(), batch_first),)
-    return dropout(
-        input, p, training, inplace, shared_dims=shared, seed=seed, offset=offset, generator=generator
-    )
+    return apply_dropout(input, keep_threshold(p), inverted_scale(p), shared, stream, "bits", inplace)
 
 
 def embedding_dropout(
@@ -112,9 +130,17 @@ def embedding_dropout(
         raise ValueError(f"weight must be a (V, E) matrix, got shape {tuple(weight.shape)}")
     if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
         raise TypeError(f"input must be a tensor of integer indices, got {getattr(input, 'dtype', input)!r}")
-    if training:
-        mode = "inverted" if scale else "classic"
-        weight = dropout(
-            weight, p, True, mode=mode, shared_dims=(1,), seed=seed, offset=offset, generator=generator
-        )
+    stream = open_stream(seed, offset, generator, weight.device)
+    return apply_embedding_dropout(input, weight, p, training, padding_idx, bool(scale), stream)
+
+
+def apply_embedding_dropout(
+    input: torch.Tensor, weight: torch.Tensor, p: float, training: bool, padding_idx: int | None, scale: bool,
+    stream: object,
+) -> torch.Tensor:
+    """The unchecked core of :func:`embedding_dropout`: in training, one word per vocabulary row
+    from ``stream``, then the lookup."""
+    if training and p > 0.0:
+        weight = apply_dropout(weight, keep_threshold(p), inverted_scale(p) if scale else 1.0, (1,), stream,
+                               "bits", False)
     return F.embedding(input, weight, padding_idx)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from dropkit.functional._checks import check_floating
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import check_rank
-from dropkit.functional.dropout import dropout
+from dropkit.functional.dropout import apply_dropout, inverted_scale
+from dropkit.rng import keep_threshold
 
 __all__ = ["dropout1d", "dropout2d", "dropout3d", "spatial_shared_dims"]
 
@@ -55,12 +56,28 @@ def _channel_dropout(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     check_floating(input)
+    p = check_p(p)
+    stream = open_stream(seed, offset, generator, input.device)
+    return apply_channel_dropout(input, spatial, p, training, bool(inplace), bool(channels_last), stream)
+
+
+def apply_channel_dropout(
+    input: torch.Tensor,
+    spatial: int,
+    p: float,
+    training: bool,
+    inplace: bool,
+    channels_last: bool,
+    stream: object,
+) -> torch.Tensor:
+    """The unchecked core of channel dropout: check the rank, then draw one word per
+    (sample, channel) from ``stream`` and apply the mask in training."""
     layout = _LAYOUTS[spatial][1 if channels_last else 0]
     check_rank(input, (spatial + 1, spatial + 2), layout, f"dropout{spatial}d")
+    if not training or p == 0.0:
+        return input
     dims = spatial_shared_dims(input.dim(), spatial, channels_last)
-    return dropout(
-        input, p, training, inplace, shared_dims=dims, seed=seed, offset=offset, generator=generator
-    )
+    return apply_dropout(input, keep_threshold(p), inverted_scale(p), dims, stream, "bits", inplace)
 
 
 def dropout1d(

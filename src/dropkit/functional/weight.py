@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dropkit.functional._checks import check_p, stream_tensors
-from dropkit.functional.dropout import dropout
-from dropkit.rng import blocks_for
+from dropkit.functional._checks import check_p, open_stream
+from dropkit.functional.dropout import apply_dropout, inverted_scale
+from dropkit.rng import keep_threshold
 
-__all__ = ["drop_connect", "drop_connect_blocks", "check_param_names"]
+__all__ = ["drop_connect", "apply_drop_connect", "check_param_names"]
 
 
 def check_param_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
@@ -50,18 +50,6 @@ def check_param_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...
     if len(set(names)) != len(names):
         raise ValueError(f"names has repeated entries: {tuple(names)!r}")
     return tuple(names)
-
-
-def drop_connect_blocks(module: nn.Module, names: Sequence[str]) -> int:
-    """Stream blocks one :func:`drop_connect` call on ``module`` uses.
-
-    Example:
-        >>> from torch import nn
-        >>> drop_connect_blocks(nn.Linear(3, 3), ("weight", "bias"))
-        4
-    """
-    params = dict(module.named_parameters())
-    return sum(blocks_for(params[name].numel()) for name in names)
 
 
 def drop_connect(
@@ -104,14 +92,23 @@ def drop_connect(
     p = check_p(p)
     names = check_param_names(module, names)
     kwargs = kwargs or {}
-    if not training or p == 0.0:
+    stream = open_stream(seed, offset, generator, next(module.parameters()).device)
+    if not training:
         return module(*args, **kwargs)
-    seed_t, offset_t = stream_tensors(seed, offset, generator)
+    return apply_drop_connect(module, args, kwargs, p, names, stream)
+
+
+def apply_drop_connect(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], p: float, names: tuple[str, ...],
+    stream: object,
+) -> Any:
+    """The unchecked core of :func:`drop_connect` in training: each parameter in ``names``, in
+    order, takes its own words from ``stream`` (one per element)."""
+    if p == 0.0:
+        return module(*args, **kwargs)
     params = dict(module.named_parameters())
-    dropped = {}
-    position = 0
-    for name in names:
-        weight = params[name]
-        dropped[name] = dropout(weight, p, True, seed=seed_t, offset=offset_t + position)
-        position += blocks_for(weight.numel())
+    threshold, scale = keep_threshold(p), inverted_scale(p)
+    dropped = {
+        name: apply_dropout(params[name], threshold, scale, (), stream, "bits", False) for name in names
+    }
     return torch.func.functional_call(module, dropped, args, kwargs)

@@ -1,63 +1,109 @@
-"""What every dropout-family module shares: rate validation, the random stream, extra_repr."""
+"""What every dropout-family module shares: where its random words come from, and its rate.
+
+A module never computes how many words a call uses. It hands a stream to the function
+(:meth:`StreamModule.stream`), and the function reserves exactly what it draws with
+``stream.take(words)``. What the stream is depends on how the module was built:
+
+* ``seed=s``: the module owns the stream ``(s, offset)``; both live in int64 buffers (saved in
+  the ``state_dict``, moved by ``.to()``) and every draw advances ``offset`` in place. On the
+  CPU the buffers are read and written through NumPy views of their memory; on a GPU (and
+  under torch.compile) they stay tensors, read by the kernels, with no host sync.
+* ``generator=g``: each call draws a fresh seed from ``g`` (at offset 0).
+* neither: each call draws a fresh seed from torch's default generator, so
+  ``torch.manual_seed`` makes a run reproducible, as with torch.nn.Dropout.
+
+Activation checkpointing runs a region's forward twice: once, then again in backward to
+rebuild what it did not save. The recomputation must use the masks of the first run. Each
+call made inside a checkpoint region records the positions it took in that region (and in
+every region around it); a call made while a region is recomputed replays them in order.
+Calls outside regions, with or without grad, record nothing and so can never be confused with
+a region's. A recomputation that asks for other words than the first run took raises.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 import torch
 from torch import nn
 
-from dropkit.functional._checks import check_p
-from dropkit.rng import blocks_for, check_seed, draw_seed, draw_seed_int, seed_to_signed, signed_to_seed
+from dropkit import _torch, ops
+from dropkit.functional._checks import check_generator, check_p
+from dropkit.rng import BufferStream, DrawnStream, TensorStream, check_seed, seed_to_signed, signed_to_seed
 
 __all__ = ["RateModule", "StreamModule"]
 
-# One lock for all layers: reserving an offset is a few tensor ops, so contention is
-# negligible, and a module-level lock keeps modules picklable and deep-copyable.
-_OFFSET_LOCK = threading.Lock()
-
-# How many reservations a seeded module remembers for activation-checkpoint recomputation.
-# Reservations that are never recomputed are the oldest and fall off the end.
-_REPLAY_DEPTH = 1024
+# Concurrent eager calls of one seeded module must never share an offset.
+_TAKE_LOCK = threading.Lock()
 
 
-def _in_backward() -> bool:
-    """True while the autograd engine runs a backward pass in this thread.
+class _RecordingStream:
+    """Takes from ``inner`` and appends each position to the logs of the enclosing regions."""
 
-    torch.utils.checkpoint (both modes) recomputes a region's forward inside backward, and an
-    ordinary forward never runs there, so a module called now is being recomputed.
-    """
-    return torch._C._current_graph_task_id() != -1
+    __slots__ = ("inner", "logs")
+
+    def __init__(self, inner: object, logs: list[list]) -> None:
+        self.inner, self.logs = inner, logs
+
+    def take(self, words: int) -> tuple:
+        position = self.inner.take(words)
+        for log in self.logs:
+            log.append((position, words))
+        return position
 
 
-def _may_be_recomputed() -> bool:
-    """Whether torch.utils.checkpoint could recompute the current forward call.
+class _ReplayStream:
+    """Hands out the positions a region's first forward took, in the order it took them."""
 
-    use_reentrant=False runs the region under saved-tensor hooks; use_reentrant=True runs it with
-    grad disabled. A grad-recording call under no hooks is never recomputed.
-    """
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
-    return not torch.is_grad_enabled() or hooks is not None
+    __slots__ = ("module", "log", "cursor", "key")
+
+    def __init__(self, module: nn.Module, log: list, cursor: dict, key: object) -> None:
+        self.module, self.log, self.cursor, self.key = module, log, cursor, key
+
+    def take(self, words: int) -> tuple:
+        k = self.cursor.get(self.key, 0)
+        name = type(self.module).__name__
+        if k >= len(self.log):
+            raise RuntimeError(
+                f"a checkpointed region was recomputed and called {name} more often than its "
+                "forward did: the region is not deterministic, so its masks cannot be replayed"
+            )
+        position, taken = self.log[k]
+        if taken != words:
+            raise RuntimeError(
+                f"recomputed call of {name} draws {words} stream words but the original call drew "
+                f"{taken}: the checkpointed forward is not deterministic"
+            )
+        self.cursor[self.key] = k + 1
+        return position
+
+
+def _region_log(region: object, module: nn.Module) -> list:
+    streams = getattr(region, "_dropkit_streams", None)
+    if streams is None:
+        streams = {}
+        region._dropkit_streams = streams  # type: ignore[attr-defined]
+    return streams.setdefault(module, [])
 
 
 class StreamModule(nn.Module):
-    """Base class of dropkit's stochastic modules: owns where the random bits come from.
+    """Base class of dropkit's stochastic modules: owns where the random words come from.
 
-    * ``seed=None, generator=None``: every call draws a fresh seed from torch's default
-      generator (``torch.manual_seed`` makes a run reproducible, as with torch.nn.Dropout).
-    * ``generator=g``: seeds are drawn from ``g``.
-    * ``seed=s``: the module owns the stream ``(s, offset)``; both live in buffers that are part
-      of the ``state_dict``, and each training call reserves the next ``ceil(words / 4)`` blocks
-      (atomically, so concurrent calls never share an offset). A run resumed from a checkpoint
-      therefore continues with exactly the masks an uninterrupted run would have used.
+    Args:
+        seed: give the module its own stream ``(seed, 0)``, kept in the ``seed`` and ``offset``
+            buffers of the ``state_dict``; a resumed run continues with exactly the masks an
+            uninterrupted run would have used.
+        generator: draw a fresh seed per call from this torch.Generator.
 
-    Activation checkpointing recomputes a forward inside backward. A seeded module must then
-    reuse the offset of the original call, not reserve a new one (that would give the backward
-    a different mask than the forward used). It remembers its recent reservations and hands
-    them back, newest first, when it is called during a backward pass: checkpointed regions are
-    recomputed in reverse order of their forwards. One module called twice inside a single
-    checkpointed region cannot be matched that way and raises RuntimeError on recomputation.
+    With neither, seeds come from torch's default generator. See the module docstring for
+    activation checkpointing.
+
+    Example:
+        >>> from dropkit import Dropout
+        >>> m = Dropout(0.5, seed=3)
+        >>> _ = m(torch.ones(10))
+        >>> m.stream_state()  # ten words: three 4-word blocks
+        {'seed': 3, 'offset': 3}
     """
 
     seed: torch.Tensor | None
@@ -67,11 +113,8 @@ class StreamModule(nn.Module):
         super().__init__()
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator = generator
-        self._replay: deque[tuple[torch.Tensor | int, int]] = deque(maxlen=_REPLAY_DEPTH)
-        self._replay_session: tuple[int, int] | None = None
+        self.generator = check_generator(generator)
+        self._own: BufferStream | None = None
         if seed is None:
             self.seed = None
             self.offset = None
@@ -79,68 +122,79 @@ class StreamModule(nn.Module):
             self.register_buffer("seed", torch.tensor(seed_to_signed(check_seed(seed)), dtype=torch.int64))
             self.register_buffer("offset", torch.zeros((), dtype=torch.int64))
 
-    @staticmethod
-    def _check_rate(p: object, name: str = "p") -> float:
-        return check_p(p, name)
+    # Attributes checked whenever they are set: name -> check returning the stored value.
+    _checked_attributes: dict = {}
 
-    def take_stream(self, words: int) -> tuple[torch.Tensor | int | None, torch.Tensor | int]:
-        """Reserve ``words`` stream words; returns the ``(seed, offset)`` to pass to a function.
+    def __setattr__(self, name: str, value: object) -> None:
+        check = self._checked_attributes.get(name)
+        super().__setattr__(name, value if check is None else check(value))
 
-        * seeded module: its own seed and the next free offset;
-        * ``generator=g``: a seed drawn from ``g`` here, at offset 0;
-        * neither: ``(None, 0)``, and the function draws a fresh seed from torch's generator.
+    def stream(self) -> object:
+        """The stream this call draws from (see the module docstring); call it once per forward."""
+        if ops.compiling():
+            return self._own_stream(True)
+        if _torch.may_be_checkpointed():
+            return self._checkpoint_stream()
+        return self._own_stream(False)
 
-        Layers pass exactly these two values on, never the generator itself.
-        """
-        if self.seed is None and self.generator is None:
-            # torch.utils.checkpoint saves and restores torch's default generators, so the seed a
-            # recomputation draws is the one the original call drew.
-            return None, 0
-        if self.seed is None:
-            # A user's generator is not restored by checkpointing: the seed drawn here is
-            # remembered and replayed like a seeded module's offset.
-            if torch.compiler.is_compiling():
-                return draw_seed(self.generator), 0
-            with _OFFSET_LOCK:
-                if _in_backward() and self._replay:
-                    return self._replayed(0), 0
-                seed = draw_seed_int(self.generator)
-                if _may_be_recomputed():
-                    self._replay.append((seed, 0))
-            return seed, 0
-        blocks = blocks_for(words)
-        if torch.compiler.is_compiling():
-            offset = self.offset.clone()
-            self.offset.add_(blocks)
-            return self.seed, offset
-        with _OFFSET_LOCK:
-            if _in_backward() and self._replay:
-                return self.seed, self._replayed(blocks)
-            offset = self.offset.clone()
-            self.offset.add_(blocks)
-            if _may_be_recomputed():
-                self._replay.append((offset, blocks))
-        return self.seed, offset
+    def _own_stream(self, compiling: bool) -> object:
+        # Buffers for a seeded module; plain attributes while MC prediction lends a stream to
+        # an unseeded one (dropkit.uncertainty).
+        holder = self._buffers
+        seed = holder.get("seed")
+        if seed is None:
+            holder = self.__dict__
+            seed = holder.get("seed")
+            if seed is None:
+                if compiling:
+                    return TensorStream(None, torch.zeros((), dtype=torch.int64), self.generator)
+                return DrawnStream(self.generator)
+        offset = holder["offset"]
+        if compiling:
+            return TensorStream(seed, offset)
+        own = self._own
+        if own is not None and own.seed_buffer is seed and own.offset_buffer is offset:
+            return own
+        if seed.device.type != "cpu":
+            return TensorStream(seed, offset, lock=_TAKE_LOCK)
+        self._own = BufferStream(seed, offset)
+        return self._own
 
-    def _replayed(self, blocks: int) -> torch.Tensor | int:
-        # One recomputed region runs inside one autograd node; a second call of this module
-        # within the same node would need an older reservation than the newest one.
-        node = torch._C._current_autograd_node()
-        session = None if node is None else (torch._C._current_graph_task_id(), node._sequence_nr())
-        if session is not None and session == self._replay_session:
-            raise RuntimeError(
-                f"{type(self).__name__} with its own seed or generator was called more than once "
-                "inside one checkpointed region; its recomputed masks cannot be matched to the "
-                "original calls. Give each call site its own layer."
-            )
-        self._replay_session = session
-        position, reserved = self._replay.pop()
-        if reserved != blocks:
-            raise RuntimeError(
-                f"recomputed call of {type(self).__name__} needs {blocks} stream blocks but the "
-                f"original call reserved {reserved}: the checkpointed forward is not deterministic"
-            )
-        return position
+    def _checkpoint_stream(self) -> object:
+        regions = _torch.checkpoint_regions()
+        for kind, region in regions:
+            if kind == _torch.RECOMPUTE:
+                cursors = getattr(region, "_dropkit_cursors", None)
+                if cursors is None:
+                    cursors = region._dropkit_cursors = {}  # type: ignore[attr-defined]
+                key = (self, torch._C._current_graph_task_id())
+                return _ReplayStream(self, _region_log(region, self), cursors, key)
+        own = self._own_stream(False)
+        if not regions:
+            return own
+        return _RecordingStream(own, [_region_log(region, self) for _, region in regions])
+
+    def __getstate__(self) -> dict:
+        # The cached stream views the buffers' memory; a copy must build its own from its buffers.
+        state = self.__dict__.copy()
+        state["_own"] = None
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        for name in ("seed", "offset"):
+            value = state_dict.get(prefix + name)
+            if value is None or self._buffers.get(name) is None:
+                continue
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.numel() != 1:
+                got = f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(
+                    value, torch.Tensor) else type(value).__name__
+                error_msgs.append(
+                    f"{prefix}{name} must be a one-element int64 tensor (the stream position's "
+                    f"bits), got a {got}; dropkit never truncates a stream position"
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def stream_state(self) -> dict[str, int] | None:
         """The module's ``{"seed", "offset"}`` as unsigned ints, or None if it owns no stream."""
@@ -156,8 +210,16 @@ class StreamModule(nn.Module):
 class RateModule(StreamModule):
     """A stochastic module with a drop rate ``p`` and an ``inplace`` flag, as torch.nn.Dropout has.
 
-    ``p`` is checked here and again on every call (schedules change it between steps);
-    ``extra_repr`` shows ``p``, ``inplace`` and the module's seed, if it owns one.
+    ``p`` is checked whenever it is set (in the constructor, by a schedule, by hand), so a
+    forward never checks it again; ``extra_repr`` shows ``p``, ``inplace`` and the seed.
+
+    Example:
+        >>> from dropkit import Dropout
+        >>> m = Dropout(0.2)
+        >>> m.p = 1.5
+        Traceback (most recent call last):
+        ...
+        ValueError: p must be a probability in [0, 1], got 1.5
     """
 
     def __init__(
@@ -169,8 +231,11 @@ class RateModule(StreamModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
+        self.p = p
         self.inplace = bool(inplace)
+
+    _checked_attributes = {"p": check_p}
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + self._stream_repr()
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dropkit.functional._checks import check_floating
-from dropkit.functional.alpha import alpha_dropout, alpha_words, feature_alpha_dropout
+from dropkit.functional.alpha import apply_alpha, feature_mask_shape
 from dropkit.layers._base import RateModule
 
 __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
@@ -15,14 +15,11 @@ class _Alpha(RateModule):
     _feature = False
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        fn = feature_alpha_dropout if self._feature else alpha_dropout
-        seed, offset = None, 0
-        if self.training:
-            check_floating(input)
-            if not self._feature or input.dim() >= 2:
-                seed, offset = self.take_stream(alpha_words(tuple(input.shape), p, self._feature))
-        return fn(input, p, self.training, self.inplace, seed=seed, offset=offset)
+        check_floating(input)
+        shape = feature_mask_shape(input) if self._feature else tuple(input.shape)
+        if not self.training:
+            return input
+        return apply_alpha(input, self.p, self.inplace, shape, self.stream())
 
 
 class AlphaDropout(_Alpha):

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from dropkit.functional._checks import check_floating, check_p
-from dropkit.functional.concrete import concrete_dropout, concrete_regularizer_from_logit
-from dropkit.functional.dropout import mask_shape
+from dropkit.functional.concrete import apply_concrete, concrete_regularizer_from_logit
 from dropkit.layers._base import StreamModule
 
 __all__ = ["ConcreteDropout", "concrete_regularization"]
@@ -120,16 +119,7 @@ class ConcreteDropout(StreamModule):
         self.input_dim = int(input.shape[1]) if self.spatial else math.prod(input.shape[1:])
         x = input
         if self.training:
-            seed, offset = self.take_stream(math.prod(mask_shape(input.shape, dims)))
-            x = concrete_dropout(
-                input,
-                self.p_logit,
-                self.temperature,
-                True,
-                shared_dims=dims,
-                seed=seed,
-                offset=offset,
-            )
+            x = apply_concrete(input, self.p_logit, self.temperature, dims, self.stream())
         return self.layer(x) if self.layer is not None else x
 
     def regularization(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from dropkit.functional._checks import check_floating
 from dropkit.functional._noise import check_positive_ints
-from dropkit.functional.dropblock import drop_block2d, drop_block3d, dropblock_words
+from dropkit.functional.dropblock import apply_drop_block
 from dropkit.layers._base import RateModule
 
 __all__ = ["DropBlock2d", "DropBlock3d"]
@@ -30,23 +30,10 @@ class _DropBlock(RateModule):
         self.shared_channels = bool(shared_channels)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        fn = drop_block2d if self._dims == 2 else drop_block3d
-        seed, offset = None, 0
-        if self.training:
-            check_floating(input)
-            words = dropblock_words(tuple(input.shape), self._dims, p, self.block_size, self.shared_channels)
-            seed, offset = self.take_stream(words)
-        return fn(
-            input,
-            p,
-            self.block_size,
-            self.training,
-            self.inplace,
-            shared_channels=self.shared_channels,
-            seed=seed,
-            offset=offset,
-        )
+        check_floating(input)
+        stream = self.stream() if self.training and self.p > 0 else None
+        return apply_drop_block(input, self._dims, self.p, self.block_size, self.training, self.inplace,
+                                self.shared_channels, stream)
 
     def extra_repr(self) -> str:
         s = f"p={self.p}, block_size={self.block_size}, inplace={self.inplace}"

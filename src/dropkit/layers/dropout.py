@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from dropkit.functional._checks import check_dims_syntax, check_mask_storage, check_mode
-from dropkit.functional.dropout import dropout, mask_shape
+from dropkit.functional._checks import (
+    check_dims,
+    check_dims_syntax,
+    check_floating,
+    check_mask_storage,
+    check_mode,
+)
+from dropkit.functional.dropout import apply_dropout, evaluation, inverted_scale
 from dropkit.layers._base import RateModule
+from dropkit.rng import keep_threshold
 
 __all__ = ["Dropout"]
 
@@ -57,27 +63,31 @@ class Dropout(RateModule):
         generator: torch.Generator | None = None,
         mask_storage: str = "bits",
     ) -> None:
-        super().__init__(p, inplace, seed=seed, generator=generator)
         self.mode = check_mode(mode)
+        super().__init__(p, inplace, seed=seed, generator=generator)
         self.shared_dims = check_dims_syntax(shared_dims)
         self.mask_storage = check_mask_storage(mask_storage)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in ("p", "mode"):
+            # Derived once per change of p or mode, never per call.
+            p = self.__dict__.get("p", 0.0)
+            self.__dict__["_threshold"] = keep_threshold(p)
+            self.__dict__["_scale"] = inverted_scale(p) if self.__dict__.get("mode") == "inverted" else 1.0
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        seed, offset = None, 0
-        if self.training and self.p > 0:
-            shape = mask_shape(input.shape, self.shared_dims) if self.shared_dims else input.shape
-            seed, offset = self.take_stream(math.prod(shape))
-        return dropout(
-            input,
-            self.p,
-            self.training,
-            self.inplace,
-            mode=self.mode,
-            shared_dims=self.shared_dims,
-            seed=seed,
-            offset=offset,
-            mask_storage=self.mask_storage,
-        )
+        if not (isinstance(input, torch.Tensor) and input.is_floating_point()):
+            check_floating(input)
+        if not self.training:
+            return evaluation(input, self.p, self.mode, self.inplace)
+        if self.p == 0.0:
+            return input
+        dims = self.shared_dims
+        if dims:
+            dims = check_dims(dims, input.dim())
+        return apply_dropout(input, self._threshold, self._scale, dims, self.stream(), self.mask_storage,
+                             self.inplace)
 
     def extra_repr(self) -> str:
         s = f"p={self.p}, inplace={self.inplace}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dropkit.functional._checks import check_floating
-from dropkit.functional.droppath import check_drop_path_mode, drop_path
+from dropkit.functional._checks import check_floating, check_p
+from dropkit.functional.droppath import apply_drop_path, check_drop_path_mode
 from dropkit.layers._base import StreamModule
 
 __all__ = ["DropPath", "StochasticDepth"]
@@ -45,26 +45,17 @@ class DropPath(StreamModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
-        self.p = self._check_rate(p)
-        self.mode = check_drop_path_mode(mode)
+        self.p = p
+        self.mode = mode
         self.scale_by_keep = bool(scale_by_keep)
 
+    _checked_attributes = {"p": check_p, "mode": check_drop_path_mode}
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training and p > 0:
-            check_floating(input)
-            if input.dim() >= 1:
-                seed, offset = self.take_stream(input.shape[0] if self.mode == "row" else 1)
-        return drop_path(
-            input,
-            p,
-            self.training,
-            mode=self.mode,
-            scale_by_keep=self.scale_by_keep,
-            seed=seed,
-            offset=offset,
-        )
+        if not self.training or self.p == 0.0:
+            return input
+        check_floating(input)
+        return apply_drop_path(input, self.p, self.mode, self.scale_by_keep, self.stream())
 
     def extra_repr(self) -> str:
         s = f"p={self.p}, mode={self.mode!r}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dropkit.functional._checks import check_floating
-from dropkit.functional.noise import check_stddev, gaussian_dropout, gaussian_noise, gaussian_words
+from dropkit.functional.noise import apply_gaussian_dropout, apply_gaussian_noise, check_stddev
 from dropkit.layers._base import RateModule, StreamModule
 
 __all__ = ["GaussianDropout", "GaussianNoise"]
@@ -34,14 +34,10 @@ class GaussianDropout(RateModule):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training:
-            check_floating(input)
-            seed, offset = self.take_stream(gaussian_words(input.numel(), 0.0 < p < 1.0))
-        return gaussian_dropout(
-            input, p, self.training, self.inplace, seed=seed, offset=offset
-        )
+        check_floating(input)
+        if not self.training:
+            return input
+        return apply_gaussian_dropout(input, self.p, self.inplace, self.stream())
 
 
 class GaussianNoise(StreamModule):
@@ -72,18 +68,16 @@ class GaussianNoise(StreamModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
-        self.stddev = check_stddev(stddev)
+        self.stddev = stddev
         self.inplace = bool(inplace)
 
+    _checked_attributes = {"stddev": check_stddev}
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        stddev = check_stddev(self.stddev)
-        seed, offset = None, 0
-        if self.training:
-            check_floating(input)
-            seed, offset = self.take_stream(gaussian_words(input.numel(), stddev > 0))
-        return gaussian_noise(
-            input, stddev, self.training, self.inplace, seed=seed, offset=offset
-        )
+        check_floating(input)
+        if not self.training:
+            return input
+        return apply_gaussian_noise(input, self.stddev, self.inplace, self.stream())
 
     def extra_repr(self) -> str:
         return f"stddev={self.stddev}, inplace={self.inplace}" + self._stream_repr()

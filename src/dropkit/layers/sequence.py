@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dropkit.functional._checks import check_floating
-from dropkit.functional._noise import check_rank
-from dropkit.functional.sequence import embedding_dropout, locked_dropout, locked_time_dim
+from dropkit.functional._checks import check_floating, check_p
+from dropkit.functional.sequence import apply_embedding_dropout, apply_locked_dropout
 from dropkit.layers._base import RateModule, StreamModule
 
 __all__ = ["LockedDropout", "EmbeddingDropout"]
@@ -48,22 +47,10 @@ class LockedDropout(RateModule):
         self.batch_first = bool(batch_first)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training and p > 0:
-            check_floating(input)
-            check_rank(input, (2, 3), "(T, N, C), (N, T, C) or (T, C)", "LockedDropout")
-            time = locked_time_dim(input.dim(), self.batch_first)
-            seed, offset = self.take_stream(input.numel() // max(input.shape[time], 1))
-        return locked_dropout(
-            input,
-            p,
-            self.training,
-            self.inplace,
-            batch_first=self.batch_first,
-            seed=seed,
-            offset=offset,
-        )
+        check_floating(input)
+        stream = self.stream() if self.training and self.p > 0 else None
+        return apply_locked_dropout(input, self.p, self.training, self.inplace, self.batch_first, stream,
+                                    "LockedDropout")
 
     def extra_repr(self) -> str:
         return f"p={self.p}, batch_first={self.batch_first}" + self._stream_repr()
@@ -111,24 +98,18 @@ class EmbeddingDropout(StreamModule):
                 f"scale_grad_by_freq={embedding.scale_grad_by_freq}"
             )
         self.embedding = embedding
-        self.p = self._check_rate(p)
+        self.p = p
         self.scale = bool(scale)
 
+    _checked_attributes = {"p": check_p}
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training and p > 0:
-            seed, offset = self.take_stream(self.embedding.num_embeddings)
-        return embedding_dropout(
-            input,
-            self.embedding.weight,
-            p,
-            self.training,
-            padding_idx=self.embedding.padding_idx,
-            scale=self.scale,
-            seed=seed,
-            offset=offset,
-        )
+        if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
+            got = getattr(input, "dtype", input)
+            raise TypeError(f"input must be a tensor of integer indices, got {got!r}")
+        stream = self.stream() if self.training and self.p > 0 else None
+        return apply_embedding_dropout(input, self.embedding.weight, self.p, self.training,
+                                       self.embedding.padding_idx, self.scale, stream)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, scale={self.scale}" + self._stream_repr()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from dropkit.functional._noise import check_rank
-from dropkit.functional.dropout import mask_shape
-from dropkit.functional.spatial import _LAYOUTS, dropout1d, dropout2d, dropout3d, spatial_shared_dims
+from dropkit.functional._checks import check_floating
+from dropkit.functional.spatial import apply_channel_dropout
 from dropkit.layers._base import RateModule
 
 __all__ = ["Dropout1d", "Dropout2d", "Dropout3d"]
@@ -30,23 +27,10 @@ class _ChannelDropout(RateModule):
         self.channels_last = bool(channels_last)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        fn = {1: dropout1d, 2: dropout2d, 3: dropout3d}[self._spatial]
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training and p > 0 and isinstance(input, torch.Tensor):
-            layout = _LAYOUTS[self._spatial][1 if self.channels_last else 0]
-            check_rank(input, (self._spatial + 1, self._spatial + 2), layout, type(self).__name__)
-            dims = spatial_shared_dims(input.dim(), self._spatial, self.channels_last)
-            seed, offset = self.take_stream(math.prod(mask_shape(input.shape, dims)))
-        return fn(
-            input,
-            p,
-            self.training,
-            self.inplace,
-            channels_last=self.channels_last,
-            seed=seed,
-            offset=offset,
-        )
+        check_floating(input)
+        stream = self.stream() if self.training and self.p > 0 else None
+        return apply_channel_dropout(input, self._spatial, self.p, self.training, self.inplace,
+                                     self.channels_last, stream)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", channels_last=True" if self.channels_last else "")

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dropkit.functional.weight import check_param_names, drop_connect, drop_connect_blocks
+from dropkit.functional._checks import check_p
+from dropkit.functional.weight import apply_drop_connect, check_param_names
 from dropkit.layers._base import StreamModule
 
 __all__ = ["DropConnect", "WeightDrop"]
@@ -42,6 +43,8 @@ class DropConnect(StreamModule):
         torch.Size([2, 3])
     """
 
+    _checked_attributes = {"p": check_p}
+
     def __init__(
         self,
         module: nn.Module,
@@ -58,24 +61,13 @@ class DropConnect(StreamModule):
                 "use WeightDrop for nn.LSTM / nn.GRU"
             )
         self.module = module
-        self.p = self._check_rate(p)
+        self.p = p
         self.names = check_param_names(module, names)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        p = self._check_rate(self.p)
-        seed, offset = None, 0
-        if self.training and p > 0:
-            seed, offset = self.take_stream(4 * drop_connect_blocks(self.module, self.names))
-        return drop_connect(
-            self.module,
-            args,
-            p,
-            self.training,
-            names=self.names,
-            kwargs=kwargs,
-            seed=seed,
-            offset=offset,
-        )
+        if not self.training or self.p == 0.0:
+            return self.module(*args, **kwargs)
+        return apply_drop_connect(self.module, args, kwargs, self.p, self.names, self.stream())
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(args, kwargs)
@@ -131,11 +123,11 @@ class WeightDrop(DropConnect):
             raise TypeError(f"WeightDrop wraps nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}")
         StreamModule.__init__(self, seed=seed, generator=generator)
         self.module = module
-        self.p = self._check_rate(p)
+        self.p = p
         self.names = check_param_names(module, _recurrent_weight_names(module) if names is None else names)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not (self.training and self._check_rate(self.p) > 0):
+        if not (self.training and self.p > 0):
             return self._call(args, kwargs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dropkit.backends import reference
-
 __all__ = [
+    "POSITION",
+    "DTYPES",
     "ISAS",
     "load_error",
     "available_isas",
@@ -36,8 +36,11 @@ __all__ = [
     "run_range",
 ]
 
+# Stream positions arrive as Python ints; dropkit.ops sends other dtypes to the reference backend.
+POSITION = "host"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _DTYPES = {torch.float32: 1, torch.float64: 2, torch.bfloat16: 3, torch.float16: 4}
+DTYPES = frozenset(_DTYPES)
 _ERRORS = {-1: "ISA not available", -2: "bad dtype", -3: "threshold above 2**32", -4: "unaligned index"}
 
 _ptr, _u64, _int = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
@@ -167,6 +170,7 @@ def run_range(
         x: ``(n,)``; y: ``(n,)``; bits: ``(ceil(n / 8),)`` uint8.
 
     Example:
+        >>> from dropkit.backends import reference
         >>> y, bits = run_range(2**33, torch.ones(64), seed=1, offset=0, threshold=2**31, scale=2.0)
         >>> bool(((y == 2.0) == reference.unpack_mask(bits, 64)).all())
         True
@@ -197,12 +201,11 @@ def keep_mask(
         Output: ``(N,)`` bool with ``N = numel`` (True = kept).
 
     Example:
+        >>> from dropkit.backends import reference
         >>> torch.equal(keep_mask(10, 3, 0, 2**31), reference.keep_mask(10, 3, 0, 2**31))
         True
     """
-    out = torch.empty(numel, dtype=torch.bool, device=device)
-    if out.device.type != "cpu":
-        return reference.keep_mask(numel, seed, offset, threshold, device)
+    out = torch.empty(numel, dtype=torch.bool)
     if numel:
         _run(0, None, None, None, None, None, out.data_ptr(), seed, offset, threshold, 0.0, numel)
     return out
@@ -218,8 +221,6 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
         >>> pack_mask(torch.tensor([True, False, True])).tolist()
         [5]
     """
-    if mask.device.type != "cpu":
-        return reference.pack_mask(mask)
     flat = mask.reshape(-1).to(torch.bool).contiguous()
     n = flat.numel()
     out = torch.empty((n + 7) // 8, dtype=torch.uint8)
@@ -252,22 +253,20 @@ def dropout_forward(
         ``(N,)`` bool ("bool") or ``(0,)`` uint8 ("seed").
 
     Example:
+        >>> from dropkit.backends import reference
         >>> x = torch.ones(8)
         >>> y, bits = dropout_forward(x, 0, 0, 2**31, 2.0, "bits")
         >>> torch.equal(y, reference.dropout_forward(x, 0, 0, 2**31, 2.0, "bits")[0])
         True
     """
-    dtype = _DTYPES.get(x.dtype)
-    if dtype is None or x.device.type != "cpu":
-        return reference.dropout_forward(x, seed, offset, threshold, scale, storage)
-    x = x.contiguous()
     y = torch.empty_like(x)
     saved = _saved(x, storage)
     n = x.numel()
     if n:
         bits = saved.data_ptr() if storage == "bits" else None
         bools = saved.data_ptr() if storage == "bool" else None
-        _run(dtype, x.data_ptr(), y.data_ptr(), None, None, bits, bools, seed, offset, threshold, scale, n)
+        x_ptr, y_ptr = x.data_ptr(), y.data_ptr()
+        _run(_DTYPES[x.dtype], x_ptr, y_ptr, None, None, bits, bools, seed, offset, threshold, scale, n)
     return y, saved
 
 
@@ -292,12 +291,8 @@ def dropout_backward(
         ...             dropout_backward(g, bits, 0, 0, 2**31, 2.0, "seed"))
         True
     """
-    dtype = _DTYPES.get(grad.dtype)
-    if dtype is None or grad.device.type != "cpu":
-        return reference.dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
     if storage not in ("bits", "bool", "seed"):
         raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
-    grad = grad.contiguous()
     out = torch.empty_like(grad)
     n = grad.numel()
     if n:
@@ -305,5 +300,5 @@ def dropout_backward(
         bits = saved.data_ptr() if storage == "bits" else None
         bools = saved.data_ptr() if storage == "bool" else None
         g_ptr, out_ptr = grad.data_ptr(), out.data_ptr()
-        _run(dtype, g_ptr, out_ptr, bits, bools, None, None, seed, offset, threshold, scale, n)
+        _run(_DTYPES[grad.dtype], g_ptr, out_ptr, bits, bools, None, None, seed, offset, threshold, scale, n)
     return out

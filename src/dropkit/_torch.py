@@ -1,0 +1,139 @@
+"""The one place that touches torch's private functions and internals.
+
+dropkit needs three things torch has no public API for:
+
+* whether a call runs inside a backward pass (``torch._C._current_graph_task_id``);
+* whether saved-tensor hooks are active (``torch._C._autograd._top_saved_tensors_default_hooks``);
+* which activation-checkpoint region (``torch.utils.checkpoint``) a call runs in, and whether
+  it is the region's first forward or its recomputation during backward.
+
+All three are probed here, once, at import. A torch release that lacks one gets a clear
+RuntimeError from :func:`require` when the feature is used, never a silent wrong answer.
+
+How checkpoint regions are found: both checkpoint modes call the user's function from a
+handful of known functions of ``torch.utils.checkpoint``, and keep the region's state in one of
+their local variables (the autograd context ``ctx`` in reentrant mode; the ``_CheckpointFrame``
+in non-reentrant mode). :func:`checkpoint_regions` walks the Python call stack from the caller
+outwards, compares each frame's code object with those functions, and returns the region
+objects it passes, innermost first, each marked as a first forward or a recomputation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["FORWARD", "RECOMPUTE", "probe_errors", "require", "in_backward", "hooks_active",
+           "checkpoint_regions", "may_be_checkpointed"]
+
+FORWARD, RECOMPUTE = "forward", "recompute"
+
+_errors: dict[str, str] = {}
+
+
+def _probe(name: str, find: Callable[[], Any]) -> Any:
+    try:
+        value = find()
+    except (AttributeError, ImportError, StopIteration, TypeError) as exc:
+        _errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    if value is None:
+        _errors[name] = "not found"
+    return value
+
+
+_graph_task_id = _probe("graph task id", lambda: torch._C._current_graph_task_id)
+_top_hooks = _probe("saved-tensor hooks", lambda: torch._C._autograd._top_saved_tensors_default_hooks)
+
+
+def _nested_code(outer: Any, name: str) -> Any:
+    """The code object of the function ``name`` defined inside ``outer``'s body."""
+    return next(c for c in outer.__code__.co_consts if inspect.iscode(c) and c.co_name == name)
+
+
+def _checkpoint_codes() -> dict[Any, tuple[str, str, str | None]]:
+    """code object -> (kind, local holding the region, attribute of that local or None)."""
+    from torch.utils import checkpoint as cp
+
+    entry = inspect.unwrap(cp.checkpoint)
+    return {
+        cp.CheckpointFunction.forward.__code__: (FORWARD, "ctx", None),
+        cp.CheckpointFunction.backward.__code__: (RECOMPUTE, "ctx", None),
+        # checkpoint(use_reentrant=False) drives a generator whose frame holds the region.
+        entry.__code__: (FORWARD, "gen", "new_frame"),
+        _nested_code(cp._checkpoint_hook.__init__, "unpack_hook"): (RECOMPUTE, "frame", None),
+    }
+
+
+_CODES: dict[Any, tuple[str, str, str | None]] = (
+    _probe("torch.utils.checkpoint layout", _checkpoint_codes) or {}
+)
+
+
+def probe_errors() -> dict[str, str]:
+    """What this torch release lacks of the internals dropkit uses (empty when all is there).
+
+    Example:
+        >>> isinstance(probe_errors(), dict)
+        True
+    """
+    return dict(_errors)
+
+
+def require(name: str, feature: str) -> None:
+    """RuntimeError naming ``feature`` if the internal ``name`` was not found in this torch."""
+    if name in _errors:
+        raise RuntimeError(
+            f"{feature} needs torch internals that torch {torch.__version__} does not have "
+            f"({name}: {_errors[name]}); dropkit cannot keep its guarantee here"
+        )
+
+
+def in_backward() -> bool:
+    """True while the autograd engine runs a backward pass in this thread."""
+    return _graph_task_id is not None and _graph_task_id() != -1
+
+
+def hooks_active() -> bool:
+    """True while saved-tensor hooks (checkpointing, offloading) are active in this thread."""
+    return _top_hooks is not None and _top_hooks(False) is not None
+
+
+def may_be_checkpointed() -> bool:
+    """Whether the current call could be inside an activation-checkpoint region.
+
+    Reentrant checkpointing runs its first forward with grad disabled and recomputes inside
+    backward; non-reentrant checkpointing runs under saved-tensor hooks. A grad-recording call
+    outside backward with no hooks active is in no region, which is the common case and is
+    decided here without looking at the call stack.
+    """
+    return not torch.is_grad_enabled() or hooks_active() or in_backward()
+
+
+def checkpoint_regions() -> list[tuple[str, object]]:
+    """The checkpoint regions around the caller, innermost first, as ``(kind, region)``.
+
+    ``kind`` is :data:`FORWARD` for a region's first forward and :data:`RECOMPUTE` for its
+    recomputation in backward; ``region`` is an object unique to the region (both of its
+    calls see the same one). A region re-entered while an outer one is recomputed shows up
+    as a FORWARD entry inside a RECOMPUTE entry.
+    """
+    require("torch.utils.checkpoint layout", "checkpoint replay of dropkit layers")
+    found = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        entry = _CODES.get(frame.f_code)
+        if entry is not None:
+            kind, local, attribute = entry
+            region = frame.f_locals.get(local)
+            if region is not None and attribute is not None:
+                inner = getattr(region, "gi_frame", None)
+                region = inner.f_locals.get(attribute) if inner is not None else None
+            if region is not None:
+                found.append((kind, region))
+        frame = frame.f_back
+    return found
