@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 __all__ = ["FORWARD", "RECOMPUTE", "probe_errors", "require", "in_backward", "hooks_active",
-           "checkpoint_regions", "may_be_checkpointed"]
+           "checkpoint_regions", "may_be_checkpointed", "graph_task_id", "top_hooks", "function_apply",
+           "functorch_active"]
 
 FORWARD, RECOMPUTE = "forward", "recompute"
 
@@ -48,6 +49,22 @@ def _probe(name: str, find: Callable[[], Any]) -> Any:
 
 _graph_task_id = _probe("graph task id", lambda: torch._C._current_graph_task_id)
 _top_hooks = _probe("saved-tensor hooks", lambda: torch._C._autograd._top_saved_tensors_default_hooks)
+# The pre-filter of may_be_checkpointed, as plain C functions for hot paths to call inline. A
+# torch without them gets stand-ins that always say "maybe", so every call takes the exact
+# (slower) look at the call stack instead of a wrong shortcut.
+graph_task_id = _graph_task_id or (lambda: 0)
+top_hooks = _top_hooks or (lambda ignore_is_tracing: True)
+functorch_active = _probe("functorch state", lambda: torch._C._are_functorch_transforms_active) or (lambda: True)
+
+
+def function_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """The C entry of ``function.apply``, without the Python wrapper's argument binding.
+
+    torch's ``Function.apply`` binds default arguments and unwraps functorch wrappers (about a
+    dozen Python calls) before calling this; a caller that passes every argument positionally
+    and checks :data:`functorch_active` first can call it directly.
+    """
+    return super(torch.autograd.Function, function).apply  # type: ignore[misc]
 
 
 def _nested_code(outer: Any, name: str) -> Any:
@@ -111,7 +128,7 @@ def may_be_checkpointed() -> bool:
     outside backward with no hooks active is in no region, which is the common case and is
     decided here without looking at the call stack.
     """
-    return not torch.is_grad_enabled() or hooks_active() or in_backward()
+    return not torch.is_grad_enabled() or top_hooks(False) is not None or graph_task_id() != -1
 
 
 def checkpoint_regions() -> list[tuple[str, object]]:

@@ -36,6 +36,7 @@ from types import ModuleType
 
 import torch
 
+from dropkit import _torch
 from dropkit.backends import reference
 from dropkit.backends.reference import opmath_dtype
 from dropkit.rng import seed_to_signed, signed_to_seed
@@ -285,14 +286,33 @@ def _backward(grad, saved, seed, offset, threshold, scale, storage):
     return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
 
 
+def _host_cpu_backend(x: torch.Tensor) -> ModuleType | None:
+    """The backend for ``x`` when it is a host backend that eager code may call without the
+    general dispatch (the common CPU case), else None. Cached per (device type, dtype)."""
+    key = (x.device.type, x.dtype, getattr(_forced, "name", None))
+    backend = _host_routes.get(key, False)
+    if backend is False:
+        chosen = backend_for(x.device, x.dtype)
+        backend = _host_routes[key] = chosen if chosen.POSITION == "host" else None
+    return backend
+
+
+_host_routes: dict[tuple, ModuleType | None] = {}
+
+
 class _Dropout(torch.autograd.Function):
     """``y = where(keep, x * scale, 0)``; its backward is the same map of the gradient (linear,
     with the same mask), so the backward's own backward is itself: higher orders come free."""
 
     @staticmethod
     def forward(ctx, x, saved, seed, offset, threshold, scale, storage):
+        # Host positions (ints) only exist in eager code: the hot CPU path skips the dispatch.
+        backend = _host_cpu_backend(x) if type(seed) is int and type(offset) is int else None
         if saved is None:
-            y, saved = _forward(x, seed, offset, threshold, scale, storage)
+            if backend is not None:
+                y, saved = backend.dropout_forward(x, seed, offset, threshold, scale, storage)
+            else:
+                y, saved = _forward(x, seed, offset, threshold, scale, storage)
         else:  # applying the backward map: x is a gradient
             y = _backward(x, saved, seed, offset, threshold, scale, storage)
         ctx.save_for_backward(saved)
@@ -306,7 +326,12 @@ class _Dropout(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable too
             grad_x = _Dropout.apply(grad_y, saved, *ctx.args)
         else:
-            grad_x = _backward(grad_y, saved, *ctx.args)
+            seed, offset, threshold, scale, storage = ctx.args
+            backend = _host_cpu_backend(grad_y) if type(seed) is int and type(offset) is int else None
+            if backend is not None:
+                grad_x = backend.dropout_backward(grad_y, saved, seed, offset, threshold, scale, storage)
+            else:
+                grad_x = _backward(grad_y, saved, seed, offset, threshold, scale, storage)
         return grad_x, None, None, None, None, None, None
 
 
@@ -328,7 +353,13 @@ def dropout(
         >>> torch.equal(dropout(x, 1, 0, 2**31, 2.0, "bits"), keep_mask(6, 1, 0, 2**31, x.device) * 2.0)
         True
     """
-    return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
+    if _functorch_active():
+        return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
+    return _dropout_apply(x, None, seed, offset, threshold, scale, storage)
+
+
+_dropout_apply = _torch.function_apply(_Dropout)
+_functorch_active = _torch.functorch_active
 
 
 def keep_mask(

@@ -33,6 +33,8 @@ from dropkit.rng import BufferStream, DrawnStream, TensorStream, check_seed, see
 
 __all__ = ["RateModule", "StreamModule"]
 
+_top_hooks, _graph_task_id = _torch.top_hooks, _torch.graph_task_id
+
 # Concurrent eager calls of one seeded module must never share an offset.
 _TAKE_LOCK = threading.Lock()
 
@@ -53,12 +55,16 @@ class _RecordingStream:
 
 
 class _ReplayStream:
-    """Hands out the positions a region's first forward took, in the order it took them."""
+    """Hands out the positions a region's first forward took, in the order it took them.
 
-    __slots__ = ("module", "log", "cursor", "key")
+    Regions entered anew while that region is recomputed (nested checkpoints) record the
+    replayed positions, for their own recomputation later.
+    """
 
-    def __init__(self, module: nn.Module, log: list, cursor: dict, key: object) -> None:
-        self.module, self.log, self.cursor, self.key = module, log, cursor, key
+    __slots__ = ("module", "log", "cursor", "key", "logs")
+
+    def __init__(self, module: nn.Module, log: list, cursor: dict, key: object, logs: list[list]) -> None:
+        self.module, self.log, self.cursor, self.key, self.logs = module, log, cursor, key, logs
 
     def take(self, words: int) -> tuple:
         k = self.cursor.get(self.key, 0)
@@ -75,6 +81,8 @@ class _ReplayStream:
                 f"{taken}: the checkpointed forward is not deterministic"
             )
         self.cursor[self.key] = k + 1
+        for log in self.logs:
+            log.append((position, words))
         return position
 
 
@@ -133,7 +141,8 @@ class StreamModule(nn.Module):
         """The stream this call draws from (see the module docstring); call it once per forward."""
         if ops.compiling():
             return self._own_stream(True)
-        if _torch.may_be_checkpointed():
+        # may_be_checkpointed(), inlined: this runs on every forward.
+        if not torch.is_grad_enabled() or _top_hooks(False) is not None or _graph_task_id() != -1:
             return self._checkpoint_stream()
         return self._own_stream(False)
 
@@ -162,17 +171,17 @@ class StreamModule(nn.Module):
 
     def _checkpoint_stream(self) -> object:
         regions = _torch.checkpoint_regions()
+        entered = []  # regions whose first forward this is, innermost first
         for kind, region in regions:
             if kind == _torch.RECOMPUTE:
                 cursors = getattr(region, "_dropkit_cursors", None)
                 if cursors is None:
                     cursors = region._dropkit_cursors = {}  # type: ignore[attr-defined]
-                key = (self, torch._C._current_graph_task_id())
-                return _ReplayStream(self, _region_log(region, self), cursors, key)
+                key = (self, _graph_task_id())
+                return _ReplayStream(self, _region_log(region, self), cursors, key, entered)
+            entered.append(_region_log(region, self))
         own = self._own_stream(False)
-        if not regions:
-            return own
-        return _RecordingStream(own, [_region_log(region, self) for _, region in regions])
+        return _RecordingStream(own, entered) if entered else own
 
     def __getstate__(self) -> dict:
         # The cached stream views the buffers' memory; a copy must build its own from its buffers.
@@ -189,7 +198,8 @@ class StreamModule(nn.Module):
             if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.numel() != 1:
                 got = f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(
                     value, torch.Tensor) else type(value).__name__
-                error_msgs.append(
+                # Refused before anything is copied: a partly loaded stream would be worse.
+                raise TypeError(
                     f"{prefix}{name} must be a one-element int64 tensor (the stream position's "
                     f"bits), got a {got}; dropkit never truncates a stream position"
                 )

@@ -229,6 +229,10 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# What "seed" storage saves: nothing. One shared empty tensor (it is never written).
+_NOTHING = torch.empty(0, dtype=torch.uint8)
+
+
 def _saved(x: torch.Tensor, storage: str) -> torch.Tensor:
     n = x.numel()
     if storage == "bits":
@@ -259,14 +263,25 @@ def dropout_forward(
         >>> torch.equal(y, reference.dropout_forward(x, 0, 0, 2**31, 2.0, "bits")[0])
         True
     """
+    # The body of _run and _saved written out: this is the per-call path of every CPU dropout.
     y = torch.empty_like(x)
-    saved = _saved(x, storage)
     n = x.numel()
+    bits = bools = None
+    if storage == "seed":
+        saved = _NOTHING
+    elif storage == "bits":
+        saved = torch.empty((n + 7) // 8, dtype=torch.uint8)
+        bits = saved.data_ptr()
+    else:
+        saved = _saved(x, storage)
+        bools = saved.data_ptr()
     if n:
-        bits = saved.data_ptr() if storage == "bits" else None
-        bools = saved.data_ptr() if storage == "bool" else None
-        x_ptr, y_ptr = x.data_ptr(), y.data_ptr()
-        _run(_DTYPES[x.dtype], x_ptr, y_ptr, None, None, bits, bools, seed, offset, threshold, scale, n)
+        if _lib is None:
+            raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
+        code = _lib.dk_run(_isa_code, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits, bools,
+                           seed, offset, threshold, scale, n, torch.get_num_threads())
+        if code:
+            _check(code)
     return y, saved
 
 
@@ -296,9 +311,12 @@ def dropout_backward(
     out = torch.empty_like(grad)
     n = grad.numel()
     if n:
-        saved = saved.reshape(-1).contiguous()
+        if _lib is None:
+            raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
         bits = saved.data_ptr() if storage == "bits" else None
         bools = saved.data_ptr() if storage == "bool" else None
-        g_ptr, out_ptr = grad.data_ptr(), out.data_ptr()
-        _run(_DTYPES[grad.dtype], g_ptr, out_ptr, bits, bools, None, None, seed, offset, threshold, scale, n)
+        code = _lib.dk_run(_isa_code, _DTYPES[grad.dtype], grad.data_ptr(), out.data_ptr(), bits, bools, None,
+                           None, seed, offset, threshold, scale, n, torch.get_num_threads())
+        if code:
+            _check(code)
     return out
