@@ -19,8 +19,8 @@ Run: ``python benchmarks/per_call.py [--reps R] [--threads T]``.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import copy
+import cProfile
 import pstats
 import statistics
 import sys
@@ -112,7 +112,8 @@ def training_step(reps: int) -> dict[str, float]:
 
         return run
 
-    return _interleaved({"torch.nn.Dropout": step(base), "dropkit.Dropout": step(copy.deepcopy(kit))}, reps, 50)
+    cases = {"torch.nn.Dropout": step(base), "dropkit.Dropout": step(copy.deepcopy(kit))}
+    return _interleaved(cases, reps, 50)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,7 +175,10 @@ def test_probe_finds_every_internal_on_this_torch():
 # --- positions are never truncated ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [torch.tensor(2.7), torch.tensor(True), torch.tensor(2.0, dtype=torch.float64)])
+BAD_POSITIONS = [torch.tensor(2.7), torch.tensor(True), torch.tensor(2.0, dtype=torch.float64)]
+
+
+@pytest.mark.parametrize("bad", BAD_POSITIONS)
 def test_float_or_bool_positions_are_type_errors(bad):
     x = torch.ones(4)
     with pytest.raises(TypeError, match="seed must be an int or an integer tensor"):
@@ -261,3 +264,25 @@ def test_seeded_training_step_is_captured_and_replayed_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert int(model[1].offset) == before + 2 * math.ceil(32 * 64 / 4)
+
+
+TRACED = [dropkit.Dropout(0.5), dropkit.Dropout2d(0.5), dropkit.GaussianDropout(0.2)]
+
+
+@pytest.mark.parametrize("layer", TRACED)
+def test_tracing_a_training_mode_draw_is_refused(layer):
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(layer.train(), torch.ones(2, 3, 4, 4))
+    traced = torch.jit.trace(layer.eval(), torch.ones(2, 3, 4, 4))  # eval mode draws nothing
+    assert torch.equal(traced(torch.ones(2, 3, 4, 4)), layer(torch.ones(2, 3, 4, 4)))
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(lambda t: dropkit.dropout(t, 0.5), torch.ones(3))
+    traced = torch.jit.trace(lambda t: dropkit.dropout(t, 0.5, training=False), torch.ones(3))
+    assert torch.equal(traced(torch.ones(3)), torch.ones(3))
+
+
+def test_sparse_input_is_a_clear_type_error():
+    x = torch.eye(3).to_sparse()
+    for fn in (dropkit.Dropout(0.5), lambda t: dropkit.dropout(t, 0.5)):
+        with pytest.raises(TypeError, match="must be a dense tensor"):
+            fn(x)

@@ -29,7 +29,7 @@ import torch
 
 __all__ = ["FORWARD", "RECOMPUTE", "probe_errors", "require", "in_backward", "hooks_active",
            "checkpoint_regions", "may_be_checkpointed", "graph_task_id", "top_hooks", "function_apply",
-           "functorch_active"]
+           "functorch_active", "tracing_state"]
 
 FORWARD, RECOMPUTE = "forward", "recompute"
 
@@ -54,7 +54,10 @@ _top_hooks = _probe("saved-tensor hooks", lambda: torch._C._autograd._top_saved_
 # (slower) look at the call stack instead of a wrong shortcut.
 graph_task_id = _graph_task_id or (lambda: 0)
 top_hooks = _top_hooks or (lambda ignore_is_tracing: True)
-functorch_active = _probe("functorch state", lambda: torch._C._are_functorch_transforms_active) or (lambda: True)
+tracing_state = _probe("tracer state", lambda: torch._C._get_tracing_state) or (lambda: None)
+functorch_active = (
+    _probe("functorch state", lambda: torch._C._are_functorch_transforms_active) or (lambda: True)
+)
 
 
 def function_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:

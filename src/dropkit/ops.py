@@ -45,6 +45,7 @@ __all__ = [
     "MASK_STORAGES",
     "opmath_dtype",
     "compiling",
+    "refuse_tracing",
     "backend_for",
     "backend_name",
     "use_backend",
@@ -353,6 +354,8 @@ def dropout(
         >>> torch.equal(dropout(x, 1, 0, 2**31, 2.0, "bits"), keep_mask(6, 1, 0, 2**31, x.device) * 2.0)
         True
     """
+    if _tracing_state() is not None:
+        refuse_tracing()
     if _functorch_active():
         return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
     return _dropout_apply(x, None, seed, offset, threshold, scale, storage)
@@ -360,6 +363,18 @@ def dropout(
 
 _dropout_apply = _torch.function_apply(_Dropout)
 _functorch_active = _torch.functorch_active
+_tracing_state = _torch.tracing_state
+
+
+def refuse_tracing() -> None:
+    """Raise the RuntimeError that explains why a random draw cannot be traced."""
+    # torch.jit.trace (and the legacy ONNX exporter, which traces) would record this call's
+    # random draw as a constant of the graph: every run of the traced model would reuse it.
+    raise RuntimeError(
+        "dropkit's random draws cannot be traced (torch.jit.trace, or torch.onnx.export with "
+        "training=TrainingMode.TRAINING): the trace would hold one fixed mask. Trace or export the "
+        "model in eval mode"
+    )
 
 
 def keep_mask(
@@ -371,6 +386,8 @@ def keep_mask(
         >>> keep_mask(4, 0, 0, 0, torch.device("cpu")).tolist()
         [True, True, True, True]
     """
+    if _tracing_state() is not None:
+        refuse_tracing()
     if compiling():
         return _keep_mask_op(_as_tensor(seed), _as_tensor(offset), numel, threshold, device)
     backend = backend_for(device)
@@ -392,6 +409,8 @@ def uniform(
         >>> bool((u > 0).all() and (u < 1).all())
         True
     """
+    if _tracing_state() is not None:
+        refuse_tracing()
     if compiling():
         return _uniform_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
     backend = _noise_backend(device, "uniform")
@@ -408,6 +427,8 @@ def normal(
         >>> abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
         True
     """
+    if _tracing_state() is not None:
+        refuse_tracing()
     if compiling():
         return _normal_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
     backend = _noise_backend(device, "normal")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit import ops
+from dropkit import _torch, ops
 from dropkit.ops import MASK_STORAGES
 from dropkit.rng import DrawnStream, Stream, TensorStream, check_seed, seed_to_signed, signed_to_seed
 
@@ -38,11 +38,13 @@ def check_p(p: object, name: str = "p", *, open_interval: bool = False) -> float
 
 
 def check_floating(x: object, name: str = "input") -> torch.Tensor:
-    """Check that ``x`` is a floating-point tensor (TypeError otherwise)."""
+    """Check that ``x`` is a dense (strided) floating-point tensor (TypeError otherwise)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
     return x
 
 
@@ -136,6 +138,8 @@ def open_stream(
     generator = check_generator(generator)
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
+    if _torch.tracing_state() is not None:
+        return _TracedStream()
     if seed is not None:
         seed = check_position(seed, "seed")
     offset = check_position(offset, "offset")
@@ -152,6 +156,14 @@ def open_stream(
     seed = None if seed is None else seed.to(device)
     # The stream advances its offset in place: never the caller's own tensor.
     return TensorStream(seed, offset.to(device, copy=True), generator)
+
+
+class _TracedStream:
+    """Under torch.jit.trace a draw would become a constant of the trace: refuse at the first."""
+
+    def take(self, words: int) -> tuple[int, int]:
+        ops.refuse_tracing()
+        raise AssertionError("unreachable")
 
 
 def _drawn_at(generator: torch.Generator | None, offset: int) -> DrawnStream:

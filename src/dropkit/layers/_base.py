@@ -33,7 +33,7 @@ from dropkit.rng import BufferStream, DrawnStream, TensorStream, check_seed, see
 
 __all__ = ["RateModule", "StreamModule"]
 
-_top_hooks, _graph_task_id = _torch.top_hooks, _torch.graph_task_id
+_top_hooks, _graph_task_id, _tracing_state = _torch.top_hooks, _torch.graph_task_id, _torch.tracing_state
 
 # Concurrent eager calls of one seeded module must never share an offset.
 _TAKE_LOCK = threading.Lock()
@@ -139,6 +139,8 @@ class StreamModule(nn.Module):
 
     def stream(self) -> object:
         """The stream this call draws from (see the module docstring); call it once per forward."""
+        if _tracing_state() is not None:
+            ops.refuse_tracing()
         if ops.compiling():
             return self._own_stream(True)
         # may_be_checkpointed(), inlined: this runs on every forward.

@@ -77,7 +77,8 @@ class Dropout(RateModule):
             self.__dict__["_scale"] = inverted_scale(p) if self.__dict__.get("mode") == "inverted" else 1.0
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (isinstance(input, torch.Tensor) and input.is_floating_point()):
+        dense = isinstance(input, torch.Tensor) and input.layout == torch.strided
+        if not (dense and input.is_floating_point()):
             check_floating(input)
         if not self.training:
             return evaluation(input, self.p, self.mode, self.inplace)
