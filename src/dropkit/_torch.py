@@ -156,4 +156,20 @@ def checkpoint_regions() -> list[tuple[str, object]]:
             if region is not None:
                 found.append((kind, region))
         frame = frame.f_back
+    if not found:
+        # A region entered without checkpoint() on the stack (torch.distributed's composable
+        # checkpoint enters it from module hooks): its saved-tensor hook holds the region.
+        region = _hooked_region()
+        if region is not None:
+            found.append((FORWARD, region))
     return found
+
+
+def _hooked_region() -> object | None:
+    hooks = _top_hooks(False) if _top_hooks is not None else None
+    pack = hooks[0] if hooks else None
+    if pack is None or "_checkpoint_hook" not in getattr(pack, "__qualname__", ""):
+        return None
+    cells = dict(zip(pack.__code__.co_freevars, pack.__closure__ or (), strict=False))
+    cell = cells.get("frame")
+    return cell.cell_contents if cell is not None else None
