@@ -59,8 +59,8 @@ def plot_loss_curves(results: Sequence[RunResult], path: Path) -> Path:
         ax.plot(epochs, test, color=color, label=f"p={p:g} test")
         ax.plot(epochs, train, color=color, linestyle="--", alpha=0.7, label=f"p={p:g} train")
         low = int(np.argmin(test))
-        ax_test.plot(epochs, test, color=color,
-                     label=f"p={p:g}: {test[low]:.3f} at its lowest (epoch {low + 1}), {test[-1]:.3f} at the end")
+        label = f"p={p:g}: {test[low]:.3f} at its lowest (epoch {low + 1}), {test[-1]:.3f} at the end"
+        ax_test.plot(epochs, test, color=color, label=label)
         ax_test.plot(epochs[low], test[low], "o", color=color)
         ends.append(test[-1])
     ax.set_yscale("log")
