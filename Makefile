@@ -1,37 +1,46 @@
 # The two commands the README promises: `make demo` and `make test`. Each creates .venv if it is
-# missing and installs everything first. torch==2.13.0 (the CPU build) is installed before the
-# package so that pip never resolves torch to a multi-GB CUDA build.
+# missing and installs what it needs first: `make demo` only the demo's packages (torch,
+# scikit-learn, matplotlib, tqdm), `make test` the test, interop and docs packages too.
+# torch==2.13.0 (the CPU build) is installed before the package so that pip never resolves torch
+# to a multi-GB CUDA build. --no-compile skips writing .pyc files for the thousands of modules
+# in torch's wheel at install time; Python compiles the few the demo imports on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
-STAMP := $(VENV)/.dropkit-installed
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile --disable-pip-version-check
+DEMO_STAMP := $(VENV)/.dropkit-demo-installed
+DEV_STAMP := $(VENV)/.dropkit-dev-installed
+SOURCES := pyproject.toml setup.py $(wildcard src/dropkit/backends/cpu/*.c src/dropkit/backends/cpu/*.h)
 
 .PHONY: demo test install bench lint docs clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard src/dropkit/backends/cpu/*.c src/dropkit/backends/cpu/*.h)
+$(DEMO_STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[demo,dev]"
-	touch $(STAMP)
+	$(PIP_INSTALL) "$(TORCH_PIN)"
+	$(PIP_INSTALL) -e ".[demo]"
+	touch $(DEMO_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(DEMO_STAMP)
+	$(PIP_INSTALL) -e ".[dev]"
+	touch $(DEV_STAMP)
 
-demo: $(STAMP)
+install: $(DEV_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m dropkit demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m dropkit bench
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
 
 # The documentation site, into site/; --strict turns every broken reference into an error.
-docs: $(STAMP)
+docs: $(DEV_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:

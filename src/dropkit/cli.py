@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 DEFAULT_GRID = [0.0, 0.1, 0.2, 0.3, 0.5]
+# The demo's default: the rates of Srivastava et al. (input 0.2, hidden 0.5) against none, on a
+# model wide enough to overfit 150 digits (README: "Why the demo's model is wider than the guide's").
+DEMO_GRID = [0.0, 0.2, 0.5]
+DEMO_P_INPUT = 0.2
+DEMO_HIDDEN = {"mlp": 256, "guide-mlp": 128, "cnn": 128}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,12 +97,14 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (small models run fastest on one)")
 
 
-def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
-    parser.add_argument("--p", type=_rate, nargs="+", default=DEFAULT_GRID, metavar="P",
-                        help="dropout rate(s) after the hidden layer, each in [0, 1)")
-    parser.add_argument("--input-p", type=_rate, default=0.0,
-                        help="input dropout rate used in every run (0: none)")
-    parser.add_argument("--hidden", type=_positive, default=128, help="hidden width of the MLP")
+def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float, grid: list[float] = DEFAULT_GRID,
+               p_input: float = 0.0, hidden: int | None = 128, hidden_help: str = "hidden width of the MLP"
+               ) -> None:
+    parser.add_argument("--p", type=_rate, nargs="+", default=grid, metavar="P",
+                        help="dropout rate(s) after each hidden layer, each in [0, 1)")
+    parser.add_argument("--p-input", "--input-p", dest="input_p", type=_rate, default=p_input,
+                        help="input dropout rate of every run with p > 0 (p = 0 runs have no dropout at all)")
+    parser.add_argument("--hidden", type=_positive, default=hidden, help=hidden_help)
     parser.add_argument("--epochs", type=_positive, default=epochs, help="training epochs per run")
     parser.add_argument("--batch-size", type=_positive, default=32, help="minibatch size")
     parser.add_argument("--lr", type=_positive_float, default=lr, help="Adam learning rate")
@@ -117,7 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           "a grid of dropout rates and seeds; print and save what dropout changes.")
     demo.add_argument("--train-size", type=_positive, default=150,
                       help="training rows (the rest of the 1797 digits are the test set)")
-    _add_sweep(demo, epochs=60, lr=3e-3)
+    demo.add_argument("--model", choices=list(DEMO_HIDDEN), default="mlp",
+                      help="mlp: two hidden layers of 256; guide-mlp: the guide's MLP (one layer of 128); "
+                      "cnn: the guide's CNN on the 8x8 images")
+    _add_sweep(demo, epochs=60, lr=3e-3, grid=DEMO_GRID, p_input=DEMO_P_INPUT, hidden=None,
+               hidden_help="hidden width (default: "
+               + ", ".join(f"{width} for {name}" for name, width in DEMO_HIDDEN.items()) + ")")
     _add_output(demo)
     train = sub.add_parser("train", formatter_class=fmt, help="dropout sweep on your CSV or NPZ file",
                            description="The demo's sweep on your data: a CSV with a header (--target "
@@ -160,47 +172,61 @@ def _out_dir(out: Path | None) -> Path:
 
 
 def _sweep(
-    args: argparse.Namespace, data: Dataset, split: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    args: argparse.Namespace, data: Dataset, split: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    *, model: str = "guide-mlp", one_scale: bool = False,
 ) -> tuple[list[RunResult], dict]:
-    """Train every (seed, p) pair with one progress bar; returns the runs and per-seed test labels."""
-    from tqdm import tqdm
+    """Train every (seed, p) pair with one progress display; returns the runs and per-seed test labels.
 
+    The p = 0 run of a seed is the model without any dropout; the runs with p > 0 also drop
+    inputs at ``args.input_p``.
+    """
+    from dropkit.report import Progress
     from dropkit.training import TrainConfig, prepare, train_run
 
     base = TrainConfig(input_p=args.input_p, hidden=args.hidden, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, mc_samples=args.mc_samples)
+                       batch_size=args.batch_size, lr=args.lr, mc_samples=args.mc_samples, model=model)
     grid = sorted(set(args.p))
     seeds = [args.seed + i for i in range(args.seeds)]
     results, labels, prepared = [], {}, {}
-    with tqdm(total=len(grid) * len(seeds) * args.epochs, disable=args.quiet, unit="epoch",
-              desc="dropkit", file=sys.stderr, dynamic_ncols=True) as bar:
+    with Progress(len(seeds), len(grid), args.epochs, sys.stderr, enabled=not args.quiet) as progress:
         for seed in seeds:
-            prepared[seed] = prepare(data, *split(seed))
+            prepared[seed] = prepare(data, *split(seed), one_scale=one_scale)
             labels[seed] = prepared[seed].y_test
             for p in grid:
-                bar.set_postfix_str(f"seed={seed} p={p:g}")
-                results.append(train_run(prepared[seed], replace(base, p=p, seed=seed),
-                                         on_epoch=lambda: bar.update(1)))
+                progress.start_run(seed, p)
+                config = replace(base, p=p, seed=seed, input_p=args.input_p if p > 0 else 0.0)
+                results.append(train_run(prepared[seed], config, on_epoch=progress.epoch_done))
     extra = {"labels": labels, "prepared": prepared, "base": asdict(base), "grid": grid, "seeds": seeds}
     return results, extra
 
 
 def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict) -> Path:
     from dropkit.plots import write_plots
-    from dropkit.report import format_table, reading, write_results
+    from dropkit.report import format_table, legend, reading, write_index_html, write_results
 
     out = _out_dir(args.out)
     text = reading(results, task)
+    notes = legend(task, args.input_p, held_out=info.get("held_out", "test"), seeds=len(extra["seeds"]))
     info = {**info, "grid": extra["grid"], "seeds": extra["seeds"], "config": extra["base"], "reading": text}
     files = [p.name for p in write_plots(results, task, out, extra["labels"])]
-    doc = write_results(out, results, task, {**info, "files": files + ["results.json", "results.csv"]})
+    written = files + ["results.json", "results.csv", "index.html"]
+    doc = write_results(out, results, task, {**info, "files": written})
+    table = format_table(doc["summary"], task)  # type: ignore[arg-type]
+    write_index_html(out, _title(info), table, notes, text, files)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2))
     else:
-        print(format_table(doc["summary"], task))  # type: ignore[arg-type]
+        print(table)
+        print(notes)
         print(f"Reading: {text}")
-        print(f"Wrote {', '.join(files)}, results.json and results.csv to {out}")
+        print(f"Wrote {', '.join(files)}, results.json, results.csv and index.html to {out}")
     return out
+
+
+def _title(info: dict) -> str:
+    if info["command"] == "demo":
+        return f"dropkit demo: {info['model']} on {info['train_size']} digits"
+    return f"dropkit train: {info['data']}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -211,11 +237,16 @@ def _demo(args: argparse.Namespace) -> int:
     if args.train_size >= len(data.y) - len(data.classes):
         raise DataError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
                         f"got {args.train_size}")
+    if args.hidden is None:
+        args.hidden = DEMO_HIDDEN[args.model]
     if not args.quiet and not args.json:
         print(f"digits: {args.train_size} training rows, {len(data.y) - args.train_size} test rows; "
-              f"{len(set(args.p))} rates x {args.seeds} seeds x {args.epochs} epochs", file=sys.stderr)
-    results, extra = _sweep(args, data, lambda s: stratified_split(data.y, size=args.train_size, seed=s))
-    info = {"command": "demo", "data": "digits", "train_size": args.train_size}
+              f"model {args.model}; {len(set(args.p))} rates x {args.seeds} seeds x {args.epochs} epochs",
+              file=sys.stderr)
+    # The pixels share one scale (0-16 ink), so they are standardized together, not one by one.
+    results, extra = _sweep(args, data, lambda s: stratified_split(data.y, size=args.train_size, seed=s),
+                            model=args.model, one_scale=True)
+    info = {"command": "demo", "data": "digits", "train_size": args.train_size, "model": args.model}
     _report(args, results, extra, data.task, info)
     return 0
 
@@ -229,7 +260,8 @@ def _train(args: argparse.Namespace) -> int:
     data = load_file(args.data, args.target, args.task)
     results, extra = _sweep(args, data, lambda seed: stratified_split(data.y, args.val_fraction, seed=seed))
     info = {"command": "train", "data": str(args.data), "target": data.target, "rows": len(data.y),
-            "features": data.feature_names, "classes": data.classes, "val_fraction": args.val_fraction}
+            "features": data.feature_names, "classes": data.classes, "val_fraction": args.val_fraction,
+            "held_out": "validation"}
     _report(args, results, extra, data.task, info)
     if args.save is not None:
         best = min(summarize(results, data.task), key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore

@@ -8,11 +8,16 @@ is taken seed by seed and its own standard error decides whether it is larger th
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import TextIO
 
 import numpy as np
 
@@ -20,12 +25,15 @@ from dropkit.training import RunResult
 
 __all__ = [
     "METRICS",
+    "Progress",
     "format_table",
     "json_safe",
+    "legend",
     "mean_se",
     "paired_difference",
     "reading",
     "summarize",
+    "write_index_html",
     "write_results",
 ]
 
@@ -264,3 +272,163 @@ def json_safe(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def legend(task: str, p_input: float = 0.0, held_out: str = "test", seeds: int = 2) -> str:
+    """The few lines printed under the table: what p, gap, NLL, ECE and the MC columns mean.
+
+    ``held_out`` names the rows the model never trained on: "test" for the demo's test split,
+    "validation" for the split that ``dropkit train`` holds out of the user's file.
+
+    Example:
+        >>> print(legend("classification", 0.2).splitlines()[0])
+        p: hidden dropout rate; runs with p > 0 also drop inputs at 0.2, p = 0 has no dropout at all.
+        >>> "validation" in legend("regression", held_out="validation")
+        True
+    """
+    if held_out not in ("test", "validation"):
+        raise ValueError(f"held_out must be 'test' or 'validation', got {held_out!r}")
+    rows = f"{held_out} rows"
+    named = "" if held_out == "test" else " (test here means the validation rows)"
+    first = "p: hidden dropout rate"
+    first += (f"; runs with p > 0 also drop inputs at {p_input:g}, p = 0 has no dropout at all."
+              if p_input > 0 else "; no input dropout.")
+    lines = [first, "Each cell: mean ± standard error over the seeds." if seeds > 1 else
+             "Each cell: the value of the one seed (one seed has no error bar)."]
+    if task == "classification":
+        lines += [
+            f"gap: train acc - test acc{named}; positive means the model does better on its training "
+            "rows.",
+            f"test NLL: mean -log p(true class) on the {rows}, dropout off; lower is better, and it "
+            "punishes confident mistakes that accuracy does not see.",
+            "ECE: expected calibration error, |accuracy - confidence| averaged over 15 confidence bins; "
+            "0 is perfectly calibrated.",
+            "MC acc / MC NLL: the same with the prediction averaged over the MC-dropout passes (dropout on "
+            "at test time).",
+        ]
+    else:
+        lines += [
+            f"gap: test RMSE - train RMSE{named}, in target units.",
+            f"test NLL: Gaussian -log density of the {rows} with the training residual variance; lower "
+            "is better.",
+            "MC RMSE / MC NLL: the same with the MC-dropout mean and variance (dropout on at test time).",
+        ]
+    return "\n".join(lines)
+
+
+class Progress:
+    """Progress of a sweep on ``stream``: a tqdm bar on a terminal, a few plain lines otherwise.
+
+    A log file or a CI console gets one line per seed (runs done, seconds so far) instead of
+    thousands of carriage returns. Use it as a context manager; call :meth:`start_run` before a
+    run and :meth:`epoch_done` after each epoch.
+
+    Args:
+        seeds: number of seeds. rates: number of rates per seed. epochs: epochs per run.
+        stream: where to write (normally ``sys.stderr``).
+        enabled: False writes nothing.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> with Progress(2, 1, 3, out) as bar:
+        ...     for seed in (0, 1):
+        ...         bar.start_run(seed, 0.5)
+        ...         for _ in range(3):
+        ...             bar.epoch_done()
+        >>> [line.split(",")[0] for line in out.getvalue().splitlines()]
+        ['dropkit: seed 0 done (1 of 2 runs', 'dropkit: seed 1 done (2 of 2 runs']
+    """
+
+    def __init__(self, seeds: int, rates: int, epochs: int, stream: TextIO, *, enabled: bool = True) -> None:
+        for name, value in (("seeds", seeds), ("rates", rates), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.rates, self.epochs, self.total = rates, epochs, seeds * rates
+        self.stream, self.enabled = stream, enabled
+        self.runs = self.epochs_in_run = 0
+        self.seed: int | None = None
+        self.start = time.monotonic()
+        is_tty = getattr(stream, "isatty", None)
+        self.bar = None
+        if enabled and is_tty is not None and is_tty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total * epochs, unit="epoch", desc="dropkit", file=stream,
+                            dynamic_ncols=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def start_run(self, seed: int, p: float) -> None:
+        """Announce the run of ``seed`` at rate ``p``."""
+        self.seed, self.epochs_in_run = seed, 0
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"seed={seed} p={p:g}")
+
+    def epoch_done(self) -> None:
+        """Count one epoch; after the last epoch of a seed's last rate, write that seed's line."""
+        self.epochs_in_run += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.epochs_in_run < self.epochs:
+            return
+        self.runs += 1
+        if self.enabled and self.bar is None and self.runs % self.rates == 0:
+            seconds = time.monotonic() - self.start
+            print(f"dropkit: seed {self.seed} done ({self.runs} of {self.total} runs, {seconds:.0f} s)",
+                  file=self.stream, flush=True)
+
+
+def _figure_html(out: Path, name: str) -> str:
+    data = base64.b64encode((out / name).read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}"></figure>'
+
+
+def write_index_html(out: Path, title: str, table: str, notes: str, reading_text: str,
+                     figures: Sequence[str]) -> Path:
+    """Write ``out/index.html``: the table, its legend, the reading and the figures on one page.
+
+    The page is self-contained: the PNG figures (files in ``out``) are embedded as base64, so it
+    opens from the file system, moved or mailed, with no server and nothing else beside it.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> page = write_index_html(d, "demo", "p  acc", "p: rate", "p=0.5 helps.", [])
+        >>> "<pre>p  acc</pre>" in page.read_text()
+        True
+    """
+    body = "\n".join([
+        f"<h1>{html.escape(title)}</h1>",
+        f"<pre>{html.escape(table)}</pre>",
+        f"<pre class=\"notes\">{html.escape(notes)}</pre>",
+        f"<p><strong>Reading:</strong> {html.escape(reading_text)}</p>",
+        *(_figure_html(out, name) for name in figures),
+    ])
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }}
+pre {{ background: #f6f6f6; padding: 0.8rem; overflow-x: auto; }}
+pre.notes {{ background: none; color: #444; white-space: pre-wrap; }}
+img {{ max-width: 100%; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

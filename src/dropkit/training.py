@@ -1,4 +1,9 @@
-"""Train and evaluate the guide's MLP at one dropout rate: the unit of work of ``dropkit demo/train``.
+"""Train and evaluate one model at one dropout rate: the unit of work of ``dropkit demo/train``.
+
+The models (``TrainConfig.model``): ``"guide-mlp"``, the guide's MLP (one hidden layer);
+``"mlp"``, :class:`~dropkit.models.WideMLPWithDropout` (two wide hidden layers, the demo's
+default); ``"cnn"``, the guide's CNN on square one-channel images given as flat rows (sklearn's
+8x8 digits).
 
 Runs with the same seed differ only in dropout: the weights are initialized under
 ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so the caller's generator is left
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 
 from dropkit.data import Dataset, Standardizer, permutation
 from dropkit.layers import Dropout
-from dropkit.models import SimpleModelWithDropout
+from dropkit.models import SimpleCNNWithDropout, SimpleModelWithDropout, WideMLPWithDropout
 from dropkit.rng import derive_seed
 from dropkit.uncertainty import (
     expected_calibration_error,
@@ -28,7 +33,10 @@ from dropkit.uncertainty import (
     regression_summary,
 )
 
-__all__ = ["Prepared", "RunResult", "TrainConfig", "build_model", "prepare", "train_run"]
+__all__ = ["MODELS", "Prepared", "RunResult", "TrainConfig", "build_model", "prepare", "train_run"]
+
+# The model names TrainConfig.model accepts.
+MODELS = ("guide-mlp", "mlp", "cnn")
 
 
 @dataclass(frozen=True)
@@ -36,18 +44,23 @@ class TrainConfig:
     """Hyper-parameters of one training run.
 
     Args:
-        p: dropout rate after the hidden layer, in [0, 1).
+        p: dropout rate after each hidden layer, in [0, 1).
         input_p: dropout rate on the input features (0: no input dropout).
-        hidden: hidden width of the MLP.
+        hidden: hidden width (of each hidden layer; of the CNN's fully connected layer).
         epochs: passes over the training set.
         batch_size: minibatch size.
         lr: Adam learning rate.
         mc_samples: MC-dropout passes ``T`` at evaluation.
         seed: selects initialization, batch order and dropout streams.
+        model: one of :data:`MODELS`: ``"guide-mlp"``, ``"mlp"`` or ``"cnn"``.
 
     Example:
         >>> TrainConfig(p=0.5).hidden
         128
+        >>> TrainConfig(model="rnn")
+        Traceback (most recent call last):
+        ...
+        ValueError: model must be one of 'guide-mlp', 'mlp', 'cnn', got 'rnn'
     """
 
     p: float = 0.0
@@ -58,8 +71,11 @@ class TrainConfig:
     lr: float = 1e-3
     mc_samples: int = 30
     seed: int = 0
+    model: str = "guide-mlp"
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {self.model!r}")
         for name in ("p", "input_p"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -93,16 +109,32 @@ class Prepared:
     y_scaler: Standardizer | None = None
 
 
-def prepare(data: Dataset, train_idx: np.ndarray, test_idx: np.ndarray) -> Prepared:
+def prepare(
+    data: Dataset, train_idx: np.ndarray, test_idx: np.ndarray, *, one_scale: bool = False
+) -> Prepared:
     """Standardize with statistics of the training rows only and convert to tensors.
+
+    By default each feature gets its own mean and standard deviation. With ``one_scale=True``
+    all features share one mean and one standard deviation, taken over every training value:
+    right for pixels, which share their units. Per-pixel scaling would blow up a corner pixel
+    that is nearly always 0 in the training rows (standard deviation near 0) into values of
+    hundreds on a test digit that inks it.
 
     Example:
         >>> d = Dataset(np.array([[0.0], [2.0], [9.0]]), np.array([0, 1, 0]), "classification", ["a"], "y",
         ...             ["0", "1"])
         >>> prepare(d, np.array([0, 1]), np.array([2])).x_test.tolist()
         [[8.0]]
+        >>> pixels = Dataset(np.array([[0.0, 4.0], [4.0, 0.0], [2.0, 2.0]]), np.array([0, 1, 0]),
+        ...                  "classification", ["a", "b"], "y", ["0", "1"])
+        >>> prepare(pixels, np.array([0, 1]), np.array([2]), one_scale=True).x_test.tolist()
+        [[0.0, 0.0]]
     """
     scaler = Standardizer.fit(data.x[train_idx])
+    if one_scale:
+        values = data.x[train_idx]
+        std = float(values.std()) or 1.0
+        scaler = Standardizer(np.full_like(scaler.mean, values.mean()), np.full_like(scaler.std, std))
 
     def features(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(scaler.transform(data.x[idx])).float()
@@ -117,11 +149,36 @@ def prepare(data: Dataset, train_idx: np.ndarray, test_idx: np.ndarray) -> Prepa
                     data.num_outputs, scaler, y_scaler)
 
 
-def build_model(in_features: int, num_outputs: int, config: TrainConfig) -> SimpleModelWithDropout:
-    """The guide's MLP with dropkit dropout layers that own their streams.
+def _image_side(in_features: int) -> int:
+    side = math.isqrt(in_features)
+    if side * side != in_features or side % 2:
+        raise ValueError(f"the cnn model needs square images of even side, given as flat rows; "
+                         f"in_features={in_features} is not the square of an even number")
+    return side
 
-    ``Linear(F, hidden) -> ReLU -> Dropout(p) -> Linear(hidden, outputs)``, with
-    ``Dropout(input_p)`` on the input when ``input_p > 0``.
+
+def _seed_dropouts(model: torch.nn.Module, seed: int) -> None:
+    """Give every dropout layer its own stream, named after where it sits in the model."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Dropout):
+                path = f"{name}.{child_name}" if name else child_name
+                setattr(module, child_name, Dropout(child.p, seed=derive_seed(seed, "dropout", path)))
+
+
+def build_model(in_features: int, num_outputs: int, config: TrainConfig) -> torch.nn.Module:
+    """The model ``config.model`` names, with dropkit dropout layers that own their streams.
+
+    * ``"guide-mlp"``: the guide's MLP ``Linear(F, hidden) -> ReLU -> Dropout(p) ->
+      Linear(hidden, outputs)``;
+    * ``"mlp"``: :class:`~dropkit.models.WideMLPWithDropout`, two hidden layers of ``hidden``
+      units, each followed by ``Dropout(p)``;
+    * ``"cnn"``: the guide's CNN (conv 3x3 with 16 channels, ReLU, max-pool 2, ``Linear(.,
+      hidden)``, ReLU, ``Dropout(p)``, ``Linear(hidden, outputs)``) on rows of ``F = side**2``
+      pixels, reshaped to ``(N, 1, side, side)``.
+
+    Each adds ``Dropout(input_p)`` on the input when ``input_p > 0``. The weights depend on the
+    seed only, not on p, so runs of one seed start from the same weights.
 
     Shape:
         The model maps ``(N, in_features)`` to ``(N, num_outputs)``.
@@ -131,13 +188,28 @@ def build_model(in_features: int, num_outputs: int, config: TrainConfig) -> Simp
         >>> b = build_model(4, 3, TrainConfig(p=0.5, seed=1))
         >>> torch.equal(a.fc1.weight, b.fc1.weight)
         True
+        >>> build_model(64, 10, TrainConfig(model="cnn"))(torch.zeros(5, 64)).shape
+        torch.Size([5, 10])
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = SimpleModelWithDropout(
-            config.p, in_features=in_features, hidden=config.hidden, num_classes=num_outputs,
-            input_dropout=config.input_p,
-        )
+        model: torch.nn.Module
+        if config.model == "guide-mlp":
+            model = SimpleModelWithDropout(
+                config.p, in_features=in_features, hidden=config.hidden, num_classes=num_outputs,
+                input_dropout=config.input_p,
+            )
+        elif config.model == "mlp":
+            model = WideMLPWithDropout(config.p, in_features=in_features, hidden=config.hidden,
+                                       num_classes=num_outputs, input_dropout=config.input_p)
+        else:
+            side = _image_side(in_features)
+            cnn = SimpleCNNWithDropout(config.p, in_channels=1, image_size=side, hidden=config.hidden,
+                                       num_classes=num_outputs, input_dropout=config.input_p)
+            model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, side, side)), cnn)
+    if config.model != "guide-mlp":
+        _seed_dropouts(model, config.seed)
+        return model
     # Constructing a layer draws nothing, so swapping in seeded layers leaves the weights alone.
     model.dropout = Dropout(config.p, seed=derive_seed(config.seed, "dropout", "hidden"))
     if config.input_p > 0:
@@ -163,7 +235,7 @@ class RunResult:
     train_loss: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_probs: torch.Tensor | None = None
-    model: SimpleModelWithDropout | None = None
+    model: torch.nn.Module | None = None
 
     def to_json(self) -> dict[str, object]:
         """The run as plain JSON types (no tensors, no model)."""
@@ -225,7 +297,7 @@ def _regression_metrics(model: torch.nn.Module, data: Prepared, config: TrainCon
 
 
 def train_run(data: Prepared, config: TrainConfig, on_epoch: Callable[[], None] | None = None) -> RunResult:
-    """Train the MLP with Adam and evaluate it on the held-out rows.
+    """Train the model with Adam and evaluate it on the held-out rows.
 
     After every epoch the loss on both parts is measured with dropout off. Final metrics:
 
