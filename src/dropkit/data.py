@@ -359,7 +359,7 @@ def _read_npz(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
     except DataError:
         raise
     except zipfile.BadZipFile as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e}); write one with numpy.savez") from None
+        raise DataError(f"{path}: not a readable .npz archive, or a damaged one ({e})") from None
     except MemoryError:
         raise DataError(f"{path}: an array is too large for the memory available") from None
     except (OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError, RuntimeError) as e:
