@@ -170,17 +170,23 @@ class Standardizer:
     def fit(cls, x: np.ndarray) -> Standardizer:
         """Fit on training rows ``x`` of shape ``(N, F)``.
 
-        Columns of huge magnitude (such as 1e300, whose square overflows) are fitted on ``x / m``
-        with ``m`` the column's largest absolute value, so their statistics stay finite and exact.
+        Columns of extreme magnitude (such as 1e300, whose square overflows, or 1e-300, whose
+        square underflows to 0) are fitted on ``x / m`` with ``m`` the column's largest absolute
+        value, so their statistics stay finite and exact.
         """
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean, std = x.mean(axis=0), x.std(axis=0)
-            bad = ~(np.isfinite(mean) & np.isfinite(std))
+        # The spread is taken around the first row (std does not depend on a shift): numpy's
+        # rounded mean of [2**53, 2**53 + 2] is 2**53, which would make the std sqrt(2), not 1.
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            first = x[:1]
+            mean, std = x.mean(axis=0), (x - first).std(axis=0)
+            magnitude = np.abs(x).max(axis=0) if len(x) else np.zeros(x.shape[1:])
+            bad = ~(np.isfinite(mean) & np.isfinite(std)) | (magnitude > 1e150) | (
+                (magnitude < 1e-150) & (magnitude > 0))
             if bad.any():
-                m = np.abs(x[:, bad]).max(axis=0)
-                m = np.where(m > 0, m, 1.0)
-                mean[bad] = (x[:, bad] / m).mean(axis=0) * m
-                std[bad] = (x[:, bad] / m).std(axis=0) * m
+                m = np.where(magnitude[bad] > 0, magnitude[bad], 1.0)
+                scaled = x[:, bad] / m
+                mean[bad] = scaled.mean(axis=0) * m
+                std[bad] = (scaled - scaled[:1]).std(axis=0) * m
         return cls(mean, np.where(std > 0, std, 1.0))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
