@@ -267,14 +267,14 @@ def gal_log_likelihood(outputs: torch.Tensor, y: torch.Tensor, tau: float) -> fl
         raise TypeError(f"outputs must be a floating-point tensor (T, N), got {type(outputs).__name__}")
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor (N,), got {type(y).__name__}")
-    if outputs.dim() == 3 and outputs.shape[2] == 1 and y.dim() == 1:
-        y = y.unsqueeze(1)  # one output: y (N,) for outputs (T, N, 1)
-    if outputs.dim() < 2 or 0 in outputs.shape or tuple(y.shape) != tuple(outputs.shape[1:]):
+    one_output = outputs.dim() == 3 and outputs.shape[2] == 1 and y.dim() == 1
+    target = y.unsqueeze(1) if one_output else y  # one output: y (N,) for outputs (T, N, 1)
+    if outputs.dim() < 2 or 0 in outputs.shape or tuple(target.shape) != tuple(outputs.shape[1:]):
         shapes = f"{tuple(outputs.shape)} and {tuple(y.shape)}"
         raise ValueError(f"outputs (T, N, *) and y (N, *) do not match: {shapes}")
     tau = check_positive(tau, "tau")
     dtype = torch.promote_types(outputs.dtype, torch.float64)
-    sq = (y.to(dtype) - outputs.to(dtype)) ** 2
+    sq = (target.to(dtype) - outputs.to(dtype)) ** 2
     sq = sq.reshape(sq.shape[0], sq.shape[1], -1).sum(dim=2)  # (T, N): squared norms per point
     d = math.prod(outputs.shape[2:])
     ll = torch.logsumexp(-0.5 * tau * sq, dim=0) - math.log(outputs.shape[0])
