@@ -206,6 +206,23 @@ def test_reading_follows_the_numbers():
     assert "the best test accuracy is at p=0 (0.900)" in worse and "gap grows" in worse
 
 
+class Payload:
+    """Unpickled, this creates the folder ``marker``: proof that the file's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (self.marker,)
+
+
+def test_the_pickle_payload_is_armed(tmp_path):
+    # The payload the evil.pt case carries does run when unpickled unsafely, so the check that the
+    # marker is absent after `dropkit predict --model evil.pt` means something.
+    pickle.loads(pickle.dumps(Payload(tmp_path / "pwned")))
+    assert (tmp_path / "pwned").is_dir()
+
+
 @pytest.fixture(scope="module")
 def bad(files) -> dict[str, Path]:
     d = files["dir"]
@@ -216,7 +233,7 @@ def bad(files) -> dict[str, Path]:
     (d / "garbage.npz").write_bytes(b"\x00\x01 not an archive")
     (d / "binary.csv").write_bytes(b"a,label\n\xff\xfe,1\n")
     torch.save({"weights": torch.zeros(3)}, d / "plain.pt")
-    (d / "evil.pt").write_bytes(pickle.dumps(Path("x")))
+    (d / "evil.pt").write_bytes(pickle.dumps(Payload(d / "pwned")))
     (d / "dup.csv").write_text("a,a,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
     (d / "nolabel.csv").write_text("a,label\n1,cat\n2,\n3,dog\n4,cat\n")
     return {p.name: p for p in d.iterdir()}
@@ -255,6 +272,7 @@ def _argv(bad: dict[str, Path], args: list[str]) -> list[str]:
 def test_user_errors_in_a_subprocess(bad, case):
     args, needles = ERRORS[case]
     assert_user_error(run(*_argv(bad, args), cwd=bad["cls.csv"].parent), *needles)
+    assert not (bad["cls.csv"].parent / "pwned").exists()  # evil.pt's payload never ran
 
 
 @pytest.mark.parametrize("case", [i for i in range(len(ERRORS)) if i not in IN_SUBPROCESS])
@@ -266,6 +284,7 @@ def test_user_errors_in_process(bad, case, capsys, monkeypatch):
     except SystemExit as e:  # argparse rejects options by exiting
         code = e.code
     assert_user_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), *needles)
+    assert not (bad["cls.csv"].parent / "pwned").exists()
 
 
 def test_library_raises_data_error(bad):

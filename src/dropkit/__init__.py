@@ -1,5 +1,7 @@
 """dropkit: the dropout family for PyTorch, on one reproducible random stream."""
 
+# First: in the command, a Ctrl-C while torch loads prints one line and exits 130 (see _startup).
+from dropkit import _startup  # isort: skip
 from dropkit import distributed, functional, models, patch, rng, schedules, uncertainty
 from dropkit.functional import drop_path_rates, dropout, dropout_add_norm, dropout_mask, rdrop_loss
 from dropkit.layers import (
@@ -62,3 +64,5 @@ __all__ = [
     "uncertainty",
     "WeightDrop",
 ]
+
+_startup.end()

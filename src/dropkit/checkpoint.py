@@ -10,9 +10,12 @@ and lists from which the model is rebuilt.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dropkit.data import DataError, Dataset, Standardizer
@@ -87,7 +90,12 @@ def save_model(path: str | Path, run: RunResult, data: Dataset, prepared: Prepar
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    temp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    try:  # a complete file or none: written under a temporary name, renamed when complete
+        torch.save(state, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     return path
 
 
@@ -116,27 +124,84 @@ def load_model(path: str | Path) -> LoadedModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise DataError(f"{path}: cannot read the file ({e})") from None
+        raise DataError(f"{path}: cannot read the file ({e.strerror or type(e).__name__})") from None
     except Exception as e:  # the unpickler fails in many ways on bytes that are not a checkpoint
-        first_line = str(e).splitlines()[0] if str(e) else "unreadable"
-        raise _not_ours(path, f"{type(e).__name__}: {first_line}") from None
+        # torch's own message advises weights_only=False, which would run any code in the file.
+        why = "it holds Python objects, which dropkit never unpickles" if "weights_only" in str(e) else (
+            f"unreadable: {type(e).__name__}")
+        raise _not_ours(path, why) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise _not_ours(path, f"no 'format': '{FORMAT}' entry")
     if state.get("version") != VERSION:
         raise _not_ours(path, f"format version {state.get('version')!r}, this dropkit reads {VERSION}")
     try:
         cfg = state["config"]
+        _check_config(cfg)
+        weights = state["state_dict"]
+        shapes = {"fc1.weight": (cfg["hidden"], cfg["in_features"]),
+                  "fc2.weight": (cfg["num_outputs"], cfg["hidden"])}
+        for key, shape in shapes.items():  # checked before the model is built: no size is trusted blindly
+            if not isinstance(weights[key], torch.Tensor) or tuple(weights[key].shape) != shape:
+                raise ValueError(f"{key} does not have the shape {shape} that the config gives")
         train_cfg = TrainConfig(p=cfg["p"], input_p=cfg["input_p"], hidden=cfg["hidden"], seed=cfg["seed"])
         model = build_model(cfg["in_features"], cfg["num_outputs"], train_cfg)
         model.load_state_dict(state["state_dict"])
         scaler = Standardizer.from_tensors(state["scaler"])
         y_scaler = Standardizer.from_tensors(state["y_scaler"]) if state["y_scaler"] is not None else None
         noise = float(state["noise_variance"])
-        if cfg["task"] not in ("classification", "regression") or not math.isfinite(noise):
-            raise ValueError(f"task {cfg['task']!r}, noise variance {noise!r}")
-        if len(scaler.mean) != cfg["in_features"] or len(cfg["feature_names"]) != cfg["in_features"]:
-            raise ValueError("the scaler or feature names do not match the input size")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise _not_ours(path, f"damaged content: {str(e).splitlines()[0]}") from None
+        if not math.isfinite(noise) or noise < 0:
+            raise ValueError(f"noise variance {noise!r}")
+        if scaler.mean.shape != (cfg["in_features"],) or scaler.std.shape != (cfg["in_features"],):
+            raise ValueError("the feature scaler does not match the input size")
+        if (cfg["task"] == "regression") != (y_scaler is not None):
+            raise ValueError(f"a {cfg['task']} model {'needs' if y_scaler is None else 'has no use for'} "
+                             "a target scaler")
+        for s in [scaler] + ([y_scaler] if y_scaler is not None else []):
+            if s.mean.ndim != 1 or s.std.shape != s.mean.shape or not (
+                    np.isfinite(s.mean).all() and np.isfinite(s.std).all() and (s.std > 0).all()):
+                raise ValueError("a scaler holds NaN, inf or a non-positive std")
+        if y_scaler is not None and y_scaler.mean.shape != (1,):
+            raise ValueError("the target scaler must have one entry")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise _not_ours(path, f"damaged content: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        ) from None
     return LoadedModel(model.eval(), cfg["task"], list(cfg["feature_names"]), list(cfg["classes"]), scaler,
                        y_scaler, noise, cfg)
+
+
+def _check_config(cfg: object) -> None:
+    """Check every entry of a stored config against the others, so an edited file fails here, at
+    load time, with its reason, and never later inside ``predict``."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"the config is a {type(cfg).__name__}, not a dict")
+
+    def count(key: str) -> int:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config {key!r} must be a positive int, got {value!r}")
+        return value
+
+    def names(key: str) -> list[str]:
+        value = cfg[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"config {key!r} must be a list of strings")
+        return value
+
+    if cfg["task"] not in ("classification", "regression"):
+        raise ValueError(f"config 'task' must be 'classification' or 'regression', got {cfg['task']!r}")
+    in_features, outputs = count("in_features"), count("num_outputs")
+    count("hidden")
+    if len(names("feature_names")) != in_features:
+        raise ValueError(f"{len(cfg['feature_names'])} feature names for {in_features} inputs")
+    classes = names("classes")
+    if cfg["task"] == "classification" and (len(classes) != outputs or outputs < 2):
+        raise ValueError(f"{len(classes)} class names for {outputs} outputs")
+    if cfg["task"] == "regression" and outputs != 1:
+        raise ValueError(f"a regression model has 1 output, the config says {outputs}")
+    for key in ("p", "input_p"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise ValueError(f"config {key!r} must be in [0, 1), got {value!r}")
+    seed = cfg["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"config 'seed' must be an int in [0, 2**63), got {seed!r}")

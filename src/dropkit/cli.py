@@ -14,8 +14,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
+from dropkit._limits import FLAG_LIMITS
 from dropkit.data import DataError
 
 if TYPE_CHECKING:
@@ -76,6 +77,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_most(name: str, convert: Callable[[str], float]) -> Callable[[str], float]:
+    """``convert``, then refuse values above ``FLAG_LIMITS[name]`` (argparse names the flag)."""
+    limit = FLAG_LIMITS[name]
+
+    def check(text: str) -> float:
+        value = convert(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:g}, got {text}")
+        return value
+
+    check.__name__ = convert.__name__  # argparse names the conversion in some messages
+    return check
+
+
+def _count(name: str) -> Callable[[str], float]:
+    return _at_most(name, _positive)
+
+
 def _seed(text: str) -> int:
     value = _integer(text)
     if not 0 <= value < 2**63:
@@ -93,8 +112,10 @@ def _positive_float(text: str) -> float:
 def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no notes on stderr")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.add_argument("--threads", type=_positive, default=1,
-                        help="torch CPU threads (small models run fastest on one)")
+    parser.add_argument("--threads", type=_count("threads"), default=1,
+                        help="torch CPU threads (small models run fastest on one; at most the CPU count)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing outputs (never an input file)")
 
 
 def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float, grid: list[float] = DEFAULT_GRID,
@@ -104,13 +125,13 @@ def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float, grid:
                         help="dropout rate(s) after each hidden layer, each in [0, 1)")
     parser.add_argument("--p-input", "--input-p", dest="input_p", type=_rate, default=p_input,
                         help="input dropout rate of every run with p > 0 (p = 0 runs have no dropout at all)")
-    parser.add_argument("--hidden", type=_positive, default=hidden, help=hidden_help)
-    parser.add_argument("--epochs", type=_positive, default=epochs, help="training epochs per run")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="minibatch size")
-    parser.add_argument("--lr", type=_positive_float, default=lr, help="Adam learning rate")
-    parser.add_argument("--seeds", type=_positive, default=5, help="number of seeds per rate")
+    parser.add_argument("--hidden", type=_count("hidden"), default=hidden, help=hidden_help)
+    parser.add_argument("--epochs", type=_count("epochs"), default=epochs, help="training epochs per run")
+    parser.add_argument("--batch-size", type=_count("batch_size"), default=32, help="minibatch size")
+    parser.add_argument("--lr", type=_at_most("lr", _positive_float), default=lr, help="Adam learning rate")
+    parser.add_argument("--seeds", type=_count("seeds"), default=5, help="number of seeds per rate")
     parser.add_argument("--seed", type=_seed, default=0, help="first seed; runs use seed, seed+1, ...")
-    parser.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
+    parser.add_argument("--mc-samples", type=_count("mc_samples"), default=30, help="MC-dropout passes T")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: ./dropkit-runs/<timestamp>/)")
 
@@ -122,7 +143,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", formatter_class=fmt, help="dropout sweep on scikit-learn's digits",
                           description="Train the guide's MLP on a small subset of scikit-learn's digits for "
                           "a grid of dropout rates and seeds; print and save what dropout changes.")
-    demo.add_argument("--train-size", type=_positive, default=150,
+    demo.add_argument("--train-size", type=_count("train_size"), default=150,
                       help="training rows (the rest of the 1797 digits are the test set)")
     demo.add_argument("--model", choices=list(DEMO_HIDDEN), default="mlp",
                       help="mlp: two hidden layers of 256; guide-mlp: the guide's MLP (one layer of 128); "
@@ -149,7 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
                              "entropy (classification) or variance (regression).")
     predict.add_argument("--model", type=Path, required=True, help="a file written by `dropkit train --save`")
     predict.add_argument("--data", type=Path, required=True, help="a .csv or .npz file with the features")
-    predict.add_argument("--mc-samples", type=_positive, default=30, help="MC-dropout passes T")
+    predict.add_argument("--mc-samples", type=_count("mc_samples"), default=30, help="MC-dropout passes T")
     predict.add_argument("--seed", type=_seed, default=0, help="seed of the MC-dropout masks")
     predict.add_argument("--output", type=Path, default=None, help="write a CSV here instead of printing")
     _add_output(predict)
@@ -157,11 +178,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _out_dir(out: Path | None) -> Path:
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise DataError(f"--out {out} exists and is not a folder")
-        return out
+def _default_out() -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path("dropkit-runs") / stamp
     n = 1
@@ -169,6 +186,15 @@ def _out_dir(out: Path | None) -> Path:
         n += 1
         path = Path("dropkit-runs") / f"{stamp}-{n}"
     return path
+
+
+def _check_sweep_memory(args: argparse.Namespace, rows: int, test_rows: int, features: int, outputs: int
+                        ) -> None:
+    from dropkit._limits import check_memory, sweep_bytes
+
+    needed = sweep_bytes(rows, test_rows, features, outputs, args.hidden, args.batch_size, args.mc_samples)
+    check_memory(needed, f"a run with --hidden {args.hidden}, --mc-samples {args.mc_samples} on "
+                 f"{rows + test_rows} rows x {features} features")
 
 
 def _sweep(
@@ -200,19 +226,20 @@ def _sweep(
     return results, extra
 
 
-def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict) -> Path:
+def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict,
+            out: Path, folder: Path) -> None:
+    """Write the figures and results into ``folder`` (the staged copy of ``out``) and print the summary."""
     from dropkit.plots import write_plots
     from dropkit.report import format_table, legend, reading, write_index_html, write_results
 
-    out = _out_dir(args.out)
     text = reading(results, task)
     notes = legend(task, args.input_p, held_out=info.get("held_out", "test"), seeds=len(extra["seeds"]))
     info = {**info, "grid": extra["grid"], "seeds": extra["seeds"], "config": extra["base"], "reading": text}
-    files = [p.name for p in write_plots(results, task, out, extra["labels"])]
+    files = [p.name for p in write_plots(results, task, folder, extra["labels"])]
     written = files + ["results.json", "results.csv", "index.html"]
-    doc = write_results(out, results, task, {**info, "files": written})
+    doc = write_results(folder, results, task, {**info, "files": written})
     table = format_table(doc["summary"], task)  # type: ignore[arg-type]
-    write_index_html(out, _title(info), table, notes, text, files)
+    write_index_html(folder, _title(info), table, notes, text, files)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2))
     else:
@@ -220,7 +247,6 @@ def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, tas
         print(notes)
         print(f"Reading: {text}")
         print(f"Wrote {', '.join(files)}, results.json, results.csv and index.html to {out}")
-    return out
 
 
 def _title(info: dict) -> str:
@@ -230,60 +256,79 @@ def _title(info: dict) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dropkit._io import Outputs
     from dropkit.data import load_embedded, stratified_split
 
-    args.out = _out_dir(args.out)  # checked before the sweep, not after it
+    outputs = Outputs(inputs=[], force=args.force)
+    out = outputs.folder(args.out or _default_out(), "--out")  # checked before the sweep, not after it
     data = load_embedded("digits")
     if args.train_size >= len(data.y) - len(data.classes):
         raise DataError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
                         f"got {args.train_size}")
     if args.hidden is None:
         args.hidden = DEMO_HIDDEN[args.model]
+    test_rows = len(data.y) - args.train_size
+    _check_sweep_memory(args, args.train_size, test_rows, data.x.shape[1], data.num_outputs)
     if not args.quiet and not args.json:
-        print(f"digits: {args.train_size} training rows, {len(data.y) - args.train_size} test rows; "
+        print(f"digits: {args.train_size} training rows, {test_rows} test rows; "
               f"model {args.model}; {len(set(args.p))} rates x {args.seeds} seeds x {args.epochs} epochs",
               file=sys.stderr)
     # The pixels share one scale (0-16 ink), so they are standardized together, not one by one.
     results, extra = _sweep(args, data, lambda s: stratified_split(data.y, size=args.train_size, seed=s),
                             model=args.model, one_scale=True)
     info = {"command": "demo", "data": "digits", "train_size": args.train_size, "model": args.model}
-    _report(args, results, extra, data.task, info)
+    with outputs.staged() as staged:
+        _report(args, results, extra, data.task, info, out, staged[out])
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dropkit._io import Outputs
     from dropkit.checkpoint import save_model
-    from dropkit.data import load_file, stratified_split
+    from dropkit.data import load_file, shape_note, stratified_split
     from dropkit.report import summarize
 
-    args.out = _out_dir(args.out)
+    outputs = Outputs(inputs=[args.data], force=args.force)
+    out = outputs.folder(args.out or _default_out(), "--out")
+    save = outputs.file(args.save, "--save") if args.save is not None else None
     data = load_file(args.data, args.target, args.task)
+    held = max(1, round(len(data.y) * args.val_fraction))
+    _check_sweep_memory(args, len(data.y) - held, held, data.x.shape[1], data.num_outputs)
+    note = shape_note(data, args.data)
+    if note and not args.quiet:
+        print(f"note: {note}", file=sys.stderr)
     results, extra = _sweep(args, data, lambda seed: stratified_split(data.y, args.val_fraction, seed=seed))
     info = {"command": "train", "data": str(args.data), "target": data.target, "rows": len(data.y),
             "features": data.feature_names, "classes": data.classes, "val_fraction": args.val_fraction,
             "held_out": "validation"}
-    _report(args, results, extra, data.task, info)
-    if args.save is not None:
-        best = min(summarize(results, data.task), key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore
-        run = next(r for r in results if r.config.p == best and r.config.seed == extra["seeds"][0])
-        path = save_model(args.save, run, data, extra["prepared"][run.config.seed])
-        if not args.quiet:
-            print(f"Saved the p={best:g} model (seed {run.config.seed}) to {path}", file=sys.stderr)
+    with outputs.staged() as staged:
+        _report(args, results, extra, data.task, info, out, staged[out])
+        if save is not None:
+            best = min(summarize(results, data.task), key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore
+            run = next(r for r in results if r.config.p == best and r.config.seed == extra["seeds"][0])
+            save_model(staged[save], run, data, extra["prepared"][run.config.seed])
+    if save is not None and not args.quiet:
+        print(f"Saved the p={best:g} model (seed {run.config.seed}) to {save}", file=sys.stderr)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import csv
-
     import torch
 
+    from dropkit._io import Outputs
+    from dropkit._limits import check_memory
     from dropkit.checkpoint import load_model
     from dropkit.data import load_features
     from dropkit.report import json_safe
     from dropkit.uncertainty import classification_summary, mc_predict, regression_summary
 
+    outputs = Outputs(inputs=[args.model, args.data], force=args.force)
+    output = outputs.file(args.output, "--output") if args.output is not None else None
     loaded = load_model(args.model)
     x = load_features(args.data, loaded.feature_names)
+    hidden, classes = int(loaded.config["hidden"]), max(len(loaded.classes), 1)  # type: ignore[call-overload]
+    check_memory(4 * args.mc_samples * len(x) * (x.shape[1] + 3 * hidden + 3 * classes),
+                 f"--mc-samples {args.mc_samples} on {len(x)} rows")
     x = torch.from_numpy(loaded.scaler.transform(x)).float()
     if loaded.config["p"] == 0 and loaded.config["input_p"] == 0 and not args.quiet:
         print("note: this model has no dropout (p=0), so every MC pass is the same and the uncertainty is 0",
@@ -296,26 +341,31 @@ def _predict(args: argparse.Namespace) -> int:
                  "mutual_information": float(s.mutual_information[i])}
                 for i, c in enumerate(s.predicted.tolist())]
     else:
-        assert loaded.y_scaler is not None
+        assert loaded.y_scaler is not None  # load_model checks that a regression model has one
         scale, shift = float(loaded.y_scaler.std[0]), float(loaded.y_scaler.mean[0])
         s = regression_summary(out[..., 0])
-        rows = [{"row": i, "prediction": float(m) * scale + shift, "variance": float(v) * scale**2,
-                 "total_variance": float(v) * scale**2 + loaded.noise_variance}
+        rows = [{"row": i, "prediction": float(m) * scale + shift, "variance": float(v) * scale * scale,
+                 "total_variance": float(v) * scale * scale + loaded.noise_variance}
                 for i, (m, v) in enumerate(zip(s.mean.tolist(), s.epistemic_variance.tolist(), strict=True))]
-    if args.json and args.output is None:
+    if args.json and output is None:
         print(json.dumps(json_safe(rows), indent=2))
         return 0
-    stream = open(args.output, "w", newline="") if args.output is not None else sys.stdout
-    try:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
-    if args.output is not None and not args.quiet:
-        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    if output is None:
+        _write_csv(sys.stdout, rows)
+        return 0
+    with outputs.staged() as staged, open(staged[output], "w", newline="") as stream:
+        _write_csv(stream, rows)
+    if not args.quiet:
+        print(f"Wrote {len(rows)} predictions to {output}", file=sys.stderr)
     return 0
+
+
+def _write_csv(stream: TextIO, rows: list[dict[str, object]]) -> None:
+    import csv
+
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
 
 
 def _bench(argv: list[str]) -> int:
@@ -337,20 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
     args = _build_parser().parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
     handler = {"demo": _demo, "train": _train, "predict": _predict}[args.command]
     try:
+        import torch
+
+        torch.set_num_threads(args.threads)
         return handler(args)
-    except (DataError, ValueError, OSError) as e:
-        message = " ".join(str(e).split())
+    except (DataError, ValueError, OSError, MemoryError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
         print(f"dropkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dropkit {args.command}: interrupted", file=sys.stderr)
+        print(f"dropkit {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ __all__ = [
     "load_file",
     "load_features",
     "permutation",
+    "shape_note",
     "stratified_split",
 ]
 
@@ -35,6 +39,8 @@ EXTENSIONS = (".csv", ".npz")
 # An integer-valued target with more distinct values than this is as likely a count to regress
 # as a label, so the task must be given explicitly.
 MAX_INFERRED_CLASSES = 20
+# A regression target is standardized and its variance reported; beyond this its square overflows.
+REGRESSION_TARGET_LIMIT = 1e150
 
 
 class DataError(ValueError):
@@ -133,6 +139,9 @@ def stratified_split(
         held.append(idx[k:])
     train_idx, held_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
     if len(train_idx) == 0 or len(held_idx) == 0:
+        if len(groups) > 1 and all(len(g) == 1 for g in groups):
+            raise DataError(f"each of the {len(groups)} classes has a single row, so no class can have rows "
+                            "both for training and held out; every class needs at least 2 rows")
         raise DataError(f"{n} rows are too few to hold some out: the split leaves {len(train_idx)} for "
                         f"training and {len(held_idx)} held out")
     return train_idx, held_idx
@@ -159,13 +168,39 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardizer:
-        """Fit on training rows ``x`` of shape ``(N, F)``."""
-        std = x.std(axis=0)
-        return cls(x.mean(axis=0), np.where(std > 0, std, 1.0))
+        """Fit on training rows ``x`` of shape ``(N, F)``.
+
+        Columns of extreme magnitude (such as 1e300, whose square overflows, or 1e-300, whose
+        square underflows to 0) are fitted on ``x / m`` with ``m`` the column's largest absolute
+        value, so their statistics stay finite and exact.
+        """
+        # The spread is taken around the first row (std does not depend on a shift): numpy's
+        # rounded mean of [2**53, 2**53 + 2] is 2**53, which would make the std sqrt(2), not 1.
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            first = x[:1]
+            mean, std = x.mean(axis=0), (x - first).std(axis=0)
+            magnitude = np.abs(x).max(axis=0) if len(x) else np.zeros(x.shape[1:])
+            bad = ~(np.isfinite(mean) & np.isfinite(std)) | (magnitude > 1e150) | (
+                (magnitude < 1e-150) & (magnitude > 0))
+            if bad.any():
+                m = np.where(magnitude[bad] > 0, magnitude[bad], 1.0)
+                scaled = x[:, bad] / m
+                mean[bad] = scaled.mean(axis=0) * m
+                std[bad] = (scaled - scaled[:1]).std(axis=0) * m
+        return cls(mean, np.where(std > 0, std, 1.0))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Scale ``x`` of shape ``(N, F)``."""
-        return (x - self.mean) / self.std
+        """Scale ``x`` of shape ``(N, F)``; the result is finite for finite ``x`` or a DataError is raised."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (x - self.mean) / self.std
+            bad = ~np.isfinite(z)
+            if bad.any():  # x - mean overflowed: divide first
+                z = np.where(bad, x / self.std - self.mean / self.std, z)
+        if not np.isfinite(z).all():
+            cols = np.flatnonzero(~np.isfinite(z).all(axis=0)).tolist()
+            raise DataError(f"feature column(s) {cols} are too far from the training rows to standardize "
+                            "in float64")
+        return z
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Plain float64 tensors, for a checkpoint that loads with ``weights_only=True``."""
@@ -228,12 +263,33 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows[1:]
 
 
+# A number as people write it in a CSV: no underscores, no other scripts' digits (float() accepts
+# both), and the words nan and inf, which the finiteness check then reports.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+_INTEGER = re.compile(r"[+-]?\d+")
+# Beyond 2**53 float64 cannot tell neighbouring integers apart, so labels there are not exact.
+EXACT_INTEGER_LIMIT = 2**53
+
+
 def _to_float(cells: list[str]) -> np.ndarray | None:
     """Parse a column; empty cells become NaN. None if any cell is not a number."""
-    try:
-        return np.array([float(c) if c.strip() else math.nan for c in cells], dtype=np.float64)
-    except ValueError:
+    stripped = [c.strip() for c in cells]
+    if not all(not c or _NUMBER.fullmatch(c) for c in stripped):
         return None
+    return np.array([float(c) if c else math.nan for c in stripped], dtype=np.float64)
+
+
+def _to_target(cells: list[str]) -> np.ndarray | list[str]:
+    """A label column: integers kept exact (Python ints in an object array beyond 2**53), other
+    numbers as float64, anything else as text."""
+    stripped = [c.strip() for c in cells]
+    if all(_INTEGER.fullmatch(c) for c in stripped):
+        values = [int(c) for c in stripped]
+        if max(abs(v) for v in values) > EXACT_INTEGER_LIMIT:
+            return np.array(values, dtype=object)
+        return np.array(values, dtype=np.float64)
+    numeric = _to_float(cells)
+    return numeric if numeric is not None else stripped
 
 
 def _check_finite(path: Path, x: np.ndarray, names: list[str], row_label: str, first_row: int) -> None:
@@ -262,34 +318,73 @@ def _load_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray | 
     x = np.stack([parsed[name] for name in names], axis=1)
     y: np.ndarray | list[str] | None = None
     if target is not None:
-        numeric = _to_float(columns[target])
-        y = numeric if numeric is not None else [c.strip() for c in columns[target]]
+        y = _to_target(columns[target])
         if isinstance(y, list) and "" in y:
             # An empty cell in a text column is a missing label, not a class named "".
             empty = [line for line, label in enumerate(y, start=2) if not label]
             shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
             raise DataError(f"{path}: empty label in {len(empty)} row(s) of {target!r}: lines {shown}")
-    check = x if not isinstance(y, np.ndarray) else np.concatenate([x, y[:, None]], axis=1)
-    _check_finite(path, check, names + ([target] if isinstance(y, np.ndarray) else []), "lines", 2)
+    float_y = isinstance(y, np.ndarray) and y.dtype.kind == "f"
+    check = np.concatenate([x, y[:, None]], axis=1) if float_y else x  # type: ignore[index]
+    _check_finite(path, check, names + ([target] if float_y else []), "lines", 2)  # type: ignore[list-item]
     return x, y, names
 
 
-def _load_npz(path: Path, need_y: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _npz_member(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Read one ``.npy`` member of an archive, checking its header before allocating anything.
+
+    The array's declared size must fit in the member's declared uncompressed size, so a few
+    corrupted header bytes cannot make the reader allocate terabytes; object arrays (pickles)
+    are refused by name, never loaded.
+    """
+    info = archive.getinfo(name)
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        fmt = np.lib.format
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = header(f)
+        if dtype.hasobject:
+            raise DataError(f"{path}: array {name[:-4]!r} holds Python objects, which dropkit never "
+                            "unpickles; store plain numbers or strings")
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise DataError(f"{path}: array {name[:-4]!r} is truncated or corrupted (its header declares "
+                            f"shape {shape}, more than the archive holds)")
+    with archive.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_npz(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except ValueError as e:
-        raise DataError(f"{path}: not a plain-array .npz file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read the file ({e})") from None
+        with zipfile.ZipFile(path) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            missing = [k for k in wanted if k not in names]
+            if missing:
+                raise DataError(f"{path}: needs arrays {' and '.join(wanted)}; "
+                                f"it has: {', '.join(names) or 'none'}")
+            return {k: _npz_member(path, archive, f"{k}.npy") for k in wanted}
+    except DataError:
+        raise
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a readable .npz archive, or a damaged one ({e})") from None
+    except MemoryError:
+        raise DataError(f"{path}: an array is too large for the memory available") from None
+    except (OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in first or "pickle" in first.lower():
+            first = "it holds pickled Python objects, which dropkit never loads"
+        raise DataError(f"{path}: the archive is truncated or corrupted ({first})") from None
+
+
+def _load_npz(path: Path, need_y: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     wanted = ["X", "y"] if need_y else ["X"]
-    missing = [k for k in wanted if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: needs arrays {' and '.join(wanted)}; it has: {', '.join(arrays) or 'none'}")
+    arrays = _read_npz(path, wanted)
     x = arrays["X"]
     if x.ndim != 2 or x.dtype.kind not in "biuf":
         raise DataError(f"{path}: X must be a 2-D numeric array, got shape {x.shape} of dtype {x.dtype}")
-    x = x.astype(np.float64)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"{path}: X has shape {x.shape}; it needs at least one row and one column")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x.astype(np.float64)
     names = [f"x{j}" for j in range(x.shape[1])]
     y = arrays.get("y") if need_y else None
     if y is not None:
@@ -297,8 +392,9 @@ def _load_npz(path: Path, need_y: bool) -> tuple[np.ndarray, np.ndarray | None, 
             raise DataError(f"{path}: y must have shape ({len(x)},) to match X, got {y.shape}")
         if y.dtype.kind not in "biufUS":
             raise DataError(f"{path}: y must hold numbers or strings, got dtype {y.dtype}")
-    check = x if y is None or y.dtype.kind in "US" else np.concatenate([x, y[:, None].astype(np.float64)], 1)
-    _check_finite(path, check, names + (["y"] if check.shape[1] > x.shape[1] else []), "rows (0-based)", 0)
+    _check_finite(path, x, names, "rows (0-based)", 0)
+    if y is not None and y.dtype.kind == "f":
+        _check_finite(path, y[:, None].astype(np.float64), ["y"], "rows (0-based)", 0)
     return x, y, names
 
 
@@ -307,13 +403,50 @@ def _infer_task(path: Path, y: np.ndarray | list[str], task: str | None) -> str:
         return task
     if isinstance(y, list) or y.dtype.kind in "USb":
         return "classification"
-    values = np.unique(y)
-    if np.any(values != np.round(values)):
-        return "regression"
-    if len(values) <= MAX_INFERRED_CLASSES:
+    if y.dtype.kind == "O":  # exact integers beyond 2**53
+        distinct = len(set(y.tolist()))
+    else:
+        values = np.unique(y)
+        if np.any(values != np.round(values)):
+            return "regression"
+        distinct = len(values)
+    if distinct <= MAX_INFERRED_CLASSES:
         return "classification"
-    raise DataError(f"{path}: the target has {len(values)} distinct integer values; "
+    raise DataError(f"{path}: the target has {distinct} distinct integer values; "
                     "say --task classification or --task regression")
+
+
+def _class_labels(path: Path, target: str, y: np.ndarray | list[str]) -> tuple[list[str], np.ndarray]:
+    """Map labels to indices ``0..C-1`` in sorted order, keeping every label exact."""
+    if isinstance(y, list) or y.dtype.kind == "O":
+        values = y if isinstance(y, list) else y.tolist()
+        classes = sorted(set(values))
+        index = {c: i for i, c in enumerate(classes)}
+        return [str(c) for c in classes], np.array([index[v] for v in values], dtype=np.int64)
+    labels = np.asarray(y)
+    if labels.dtype.kind == "f":
+        if np.any(labels != np.round(labels)):
+            raise DataError(f"{path}: classification needs integer or text labels; {target!r} has fractions")
+        big = labels[np.abs(labels) > EXACT_INTEGER_LIMIT]
+        if len(big):
+            raise DataError(f"{path}: label {big[0]:g} in {target!r} is beyond 2**53, where floating-point "
+                            "numbers cannot tell neighbouring integers apart; write the labels as integers "
+                            "or text")
+        labels = labels.astype(np.int64)
+    classes, index = np.unique(labels, return_inverse=True)
+    return [str(c) for c in classes.tolist()], index.astype(np.int64)
+
+
+def _regression_target(path: Path, target: str, y: np.ndarray | list[str]) -> np.ndarray:
+    if isinstance(y, list) or y.dtype.kind in "US":
+        raise DataError(f"{path}: regression needs a numeric target, {target!r} holds text")
+    values = np.asarray([float(v) for v in y.tolist()] if y.dtype.kind == "O" else y, dtype=np.float64)
+    largest = float(np.abs(values).max())
+    if largest > REGRESSION_TARGET_LIMIT:
+        raise DataError(f"{path}: target {target!r} reaches {largest:g}; beyond "
+                        f"{REGRESSION_TARGET_LIMIT:g} its variance overflows float64, so rescale it "
+                        "(for instance to log units)")
+    return values
 
 
 def load_file(path: str | Path, target: str | None = None, task: str | None = None) -> Dataset:
@@ -350,19 +483,31 @@ def load_file(path: str | Path, target: str | None = None, task: str | None = No
     assert y is not None
     task = _infer_task(path, y, task)
     if task == "regression":
-        if isinstance(y, list) or y.dtype.kind in "US":
-            raise DataError(f"{path}: regression needs a numeric target, {target!r} holds text")
-        return Dataset(x, np.asarray(y, dtype=np.float64), task, names, target)
-    labels = np.asarray(y)
-    if labels.dtype.kind == "f":
-        if np.any(labels != np.round(labels)):
-            raise DataError(f"{path}: classification needs integer or text labels; {target!r} has fractions")
-        labels = labels.astype(np.int64)
-    classes, index = np.unique(labels, return_inverse=True)
+        return Dataset(x, _regression_target(path, target, y), task, names, target)
+    classes, index = _class_labels(path, target, y)
     if len(classes) < 2:
         raise DataError(f"{path}: classification needs at least 2 classes; {target!r} has only "
-                        f"{len(classes)} ({', '.join(map(str, classes))})")
-    return Dataset(x, index.astype(np.int64), task, names, target, [str(c) for c in classes])
+                        f"{len(classes)} ({', '.join(classes)})")
+    return Dataset(x, index, task, names, target, classes)
+
+
+def shape_note(data: Dataset, path: str | Path) -> str | None:
+    """A note when the data has fewer rows than feature columns, else None.
+
+    With fewer rows than columns the MLP can fit any labels, so the sweep mostly measures noise;
+    more rows, or fewer columns, are what the user can do about it.
+
+    Example:
+        >>> d = Dataset(np.zeros((5, 200)), np.arange(5) % 2, "classification", [f"c{i}" for i in range(200)],
+        ...             "y", ["0", "1"])
+        >>> shape_note(d, "d.csv").split(":")[0]
+        'd.csv has 5 rows and 200 feature columns'
+    """
+    rows, columns = data.x.shape
+    if rows >= columns:
+        return None
+    return (f"{path} has {rows} rows and {columns} feature columns: with fewer rows than columns the model "
+            "can fit any labels, so expect the results to be mostly noise")
 
 
 def load_features(path: str | Path, feature_names: list[str]) -> np.ndarray:

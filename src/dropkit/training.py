@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dropkit.data import Dataset, Standardizer, permutation
+from dropkit.data import DataError, Dataset, Standardizer, permutation
 from dropkit.layers import Dropout
 from dropkit.models import SimpleCNNWithDropout, SimpleModelWithDropout, WideMLPWithDropout
 from dropkit.rng import derive_seed
@@ -137,7 +137,13 @@ def prepare(
         scaler = Standardizer(np.full_like(scaler.mean, values.mean()), np.full_like(scaler.std, std))
 
     def features(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(scaler.transform(data.x[idx])).float()
+        z = scaler.transform(data.x[idx])
+        far = np.flatnonzero((np.abs(z) > np.finfo(np.float32).max).any(axis=0))
+        if len(far):  # float32 would turn these into inf, and the model's outputs into NaN
+            names = ", ".join(data.feature_names[j] for j in far[:5])
+            raise DataError(f"feature column(s) {names} hold values too far from the training rows for "
+                            "float32 after standardization")
+        return torch.from_numpy(z).float()
 
     y_scaler = None
     if data.task == "regression":

@@ -27,6 +27,7 @@ from dropkit.uncertainty.summaries import (
     gal_log_likelihood,
     gal_tau,
     regression_summary,
+    weight_decay_for_tau,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "classification_summary",
     "regression_summary",
     "gal_tau",
+    "weight_decay_for_tau",
     "gal_log_likelihood",
     "ReliabilityDiagram",
     "expected_calibration_error",

@@ -23,6 +23,7 @@ __all__ = [
     "regression_summary",
     "gal_tau",
     "gal_log_likelihood",
+    "weight_decay_for_tau",
 ]
 
 
@@ -150,17 +151,40 @@ def regression_summary(
     )
 
 
-def gal_tau(length_scale: float, p: float, n: int, weight_decay: float) -> float:
+def _check_prior(length_scale: float, p: float, n: int) -> tuple[float, float]:
+    length_scale = check_positive(length_scale, "length_scale")
+    p = check_positive(p, "p", allow_zero=True)
+    if p >= 1.0:
+        raise ValueError(f"p must be in [0, 1), got {p!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    return length_scale, p
+
+
+def gal_tau(
+    length_scale: float, p: float, n: int, weight_decay: float | None = None, *,
+    torch_weight_decay: float | None = None,
+) -> float:
     r"""Model precision from prior length-scale and weight decay: ``tau = l^2 (1 - p) / (2 N lambda)``.
 
-    Gal & Ghahramani 2016, eq. 7: for a network trained with dropout rate ``p`` and weight decay
-    ``lambda`` on ``N`` points, under a prior of length-scale ``l``.
+    Gal & Ghahramani 2016, eq. 7: for a network trained with dropout rate ``p`` on ``N`` points,
+    under a prior of length-scale ``l``. Two conventions name the L2 coefficient differently;
+    give exactly one:
+
+    * ``weight_decay`` is Gal's ``lambda``, which multiplies ``sum W^2`` in the loss
+      ``mean_n E_n + lambda sum W^2``;
+    * ``torch_weight_decay`` is what ``torch.optim`` takes as ``weight_decay``: it adds
+      ``wd * W`` to the gradient, the gradient of ``(wd / 2) sum W^2``, so ``lambda = wd / 2``
+      and ``tau = l^2 (1 - p) / (N wd)`` (for a mean loss, as torch's losses are by default).
+
+    :func:`weight_decay_for_tau` is the inverse.
 
     Args:
         length_scale: prior length-scale ``l`` (> 0).
         p: dropout rate in [0, 1).
         n: number of training points (>= 1).
-        weight_decay: the L2 coefficient ``lambda`` (> 0).
+        weight_decay: Gal's ``lambda`` (> 0).
+        torch_weight_decay: the ``weight_decay`` given to a torch optimizer (> 0).
 
     Shape:
         Scalars in, a float out.
@@ -168,15 +192,49 @@ def gal_tau(length_scale: float, p: float, n: int, weight_decay: float) -> float
     Example:
         >>> round(gal_tau(1e-2, 0.5, 100, 1e-6), 12)
         0.25
+        >>> round(gal_tau(1e-2, 0.5, 100, torch_weight_decay=2e-6), 12)  # the same training
+        0.25
     """
-    length_scale = check_positive(length_scale, "length_scale")
-    weight_decay = check_positive(weight_decay, "weight_decay")
-    p = check_positive(p, "p", allow_zero=True)
-    if p >= 1.0:
-        raise ValueError(f"p must be in [0, 1), got {p!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    return length_scale**2 * (1.0 - p) / (2.0 * n * weight_decay)
+    if (weight_decay is None) == (torch_weight_decay is None):
+        raise ValueError("give exactly one of weight_decay (Gal's lambda) and torch_weight_decay, got "
+                         f"weight_decay={weight_decay!r}, torch_weight_decay={torch_weight_decay!r}")
+    length_scale, p = _check_prior(length_scale, p, n)
+    if weight_decay is not None:
+        lam = check_positive(weight_decay, "weight_decay")
+    else:
+        lam = check_positive(torch_weight_decay, "torch_weight_decay") / 2.0
+    return length_scale**2 * (1.0 - p) / (2.0 * n * lam)
+
+
+def weight_decay_for_tau(
+    tau: float, length_scale: float, p: float, n: int, *, convention: str = "torch"
+) -> float:
+    r"""The weight decay that gives model precision ``tau``: the inverse of :func:`gal_tau`.
+
+    ``convention="torch"`` returns the ``weight_decay`` to give a torch optimizer,
+    ``wd = l^2 (1 - p) / (N tau)``; ``convention="gal"`` returns Gal's ``lambda = wd / 2``.
+
+    Args:
+        tau: the model precision wanted (> 0), for instance ``1 / noise variance``.
+        length_scale: prior length-scale ``l`` (> 0).
+        p: dropout rate in [0, 1).
+        n: number of training points (>= 1).
+        convention: "torch" or "gal".
+
+    Shape:
+        Scalars in, a float out.
+
+    Example:
+        >>> wd = weight_decay_for_tau(0.25, 1e-2, 0.5, 100)
+        >>> round(wd, 12), round(gal_tau(1e-2, 0.5, 100, torch_weight_decay=wd), 12)
+        (2e-06, 0.25)
+    """
+    if convention not in ("torch", "gal"):
+        raise ValueError(f"convention must be 'torch' or 'gal', got {convention!r}")
+    tau = check_positive(tau, "tau")
+    length_scale, p = _check_prior(length_scale, p, n)
+    torch_wd = length_scale**2 * (1.0 - p) / (n * tau)
+    return torch_wd if convention == "torch" else torch_wd / 2.0
 
 
 def gal_log_likelihood(outputs: torch.Tensor, y: torch.Tensor, tau: float) -> float:
@@ -195,23 +253,28 @@ def gal_log_likelihood(outputs: torch.Tensor, y: torch.Tensor, tau: float) -> fl
         tau: model precision (> 0).
 
     Shape:
-        outputs: ``(T, N, *)``; y: ``(N, *)``. Output: a float.
+        outputs: ``(T, N, *)``; y: ``(N, *)``, or ``(N,)`` for a model with one output
+        ``(T, N, 1)``. Output: a float.
 
     Example:
         >>> ll = gal_log_likelihood(torch.zeros(1, 1), torch.zeros(1), tau=1.0)
         >>> round(ll, 6) == round(-0.5 * math.log(2 * math.pi), 6)
+        True
+        >>> gal_log_likelihood(torch.zeros(1, 1, 1), torch.zeros(1), tau=1.0) == ll
         True
     """
     if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
         raise TypeError(f"outputs must be a floating-point tensor (T, N), got {type(outputs).__name__}")
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor (N,), got {type(y).__name__}")
-    if outputs.dim() < 2 or 0 in outputs.shape or tuple(y.shape) != tuple(outputs.shape[1:]):
+    one_output = outputs.dim() == 3 and outputs.shape[2] == 1 and y.dim() == 1
+    target = y.unsqueeze(1) if one_output else y  # one output: y (N,) for outputs (T, N, 1)
+    if outputs.dim() < 2 or 0 in outputs.shape or tuple(target.shape) != tuple(outputs.shape[1:]):
         shapes = f"{tuple(outputs.shape)} and {tuple(y.shape)}"
         raise ValueError(f"outputs (T, N, *) and y (N, *) do not match: {shapes}")
     tau = check_positive(tau, "tau")
     dtype = torch.promote_types(outputs.dtype, torch.float64)
-    sq = (y.to(dtype) - outputs.to(dtype)) ** 2
+    sq = (target.to(dtype) - outputs.to(dtype)) ** 2
     sq = sq.reshape(sq.shape[0], sq.shape[1], -1).sum(dim=2)  # (T, N): squared norms per point
     d = math.prod(outputs.shape[2:])
     ll = torch.logsumexp(-0.5 * tau * sq, dim=0) - math.log(outputs.shape[0])
