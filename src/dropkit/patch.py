@@ -205,7 +205,8 @@ def _build(
 def _build_attention(cls: type, module: nn.MultiheadAttention, seed: int | None) -> nn.Module:
     """dropkit's MultiheadAttention sharing ``module``'s parameters (the same Parameter objects)."""
     new = cls(
-        module.embed_dim, module.num_heads, dropout=float(module.dropout), bias=module.in_proj_bias is not None,
+        module.embed_dim, module.num_heads, dropout=float(module.dropout),
+        bias=module.in_proj_bias is not None,
         add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
         vdim=module.vdim, batch_first=module.batch_first, device="meta", seed=seed,
     )
@@ -342,7 +343,9 @@ def patch(
         stream = holder.stream_state() if isinstance(holder, StreamModule) else None
         storage = getattr(holder, "mask_storage", None)
         report.replaced.append(
-            Replacement(name, type(child).__name__, kind, get_rate(holder), stream and stream["seed"], storage)
+            Replacement(
+                name, type(child).__name__, kind, get_rate(holder), stream and stream["seed"], storage
+            )
         )
     if _target(model) is not None:
         report.unreplaced.append(
@@ -364,7 +367,11 @@ def _hf_attention_child(module: nn.Module) -> str | None:
 
 
 def _route_attention(
-    name: str, module: nn.Module, include: ModuleFilter | None, exclude: ModuleFilter | None, report: PatchReport
+    name: str,
+    module: nn.Module,
+    include: ModuleFilter | None,
+    exclude: ModuleFilter | None,
+    report: PatchReport,
 ) -> bool:
     """Route a Hugging Face or timm attention layer's dropout through its (replaced) dropout child.
 

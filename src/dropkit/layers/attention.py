@@ -121,7 +121,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
             )
         if is_causal and attn_mask is None:
-            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention)")
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")
         return self._dropout_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                      average_attn_weights)
 
@@ -134,7 +134,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases, strict=True))
 
     def _dropout_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                          average_attn_weights):
@@ -176,7 +176,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             # torch returns the probabilities after dropout; they are the same words as below.
             scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim**-0.5
             probs = torch.softmax(scores if mask is None else scores + mask, dim=-1)
-            dropped = ops.dropout(probs.contiguous(), seed, offset, keep_threshold(p), inverted_scale(p), "bits")
+            threshold, scale = keep_threshold(p), inverted_scale(p)
+            dropped = ops.dropout(probs.contiguous(), seed, offset, threshold, scale, "bits")
             out = torch.matmul(dropped, v)
             weights = dropped.mean(dim=1) if average_attn_weights else dropped
             if not batched:
