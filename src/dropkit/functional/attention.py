@@ -82,13 +82,13 @@ def _check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
     return check_p(dropout_p, "dropout_p")
 
 
-def _expand(query, key, value, enable_gqa):
+def _expand(query, key, value, enable_gqa, mask_batch=()):
     """q, k, v broadcast to one batch shape (GQA heads repeated) and that logical shape."""
     if enable_gqa and query.dim() >= 3 and query.shape[-3] != key.shape[-3]:
         repeat = query.shape[-3] // key.shape[-3]
         key = key.repeat_interleave(repeat, dim=-3)
         value = value.repeat_interleave(repeat, dim=-3)
-    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2], mask_batch)
     query = query.expand(*batch, *query.shape[-2:])
     key = key.expand(*batch, *key.shape[-2:])
     value = value.expand(*batch, *value.shape[-2:])
@@ -96,7 +96,11 @@ def _expand(query, key, value, enable_gqa):
 
 
 def attention_words(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, enable_gqa: bool = False
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    enable_gqa: bool = False,
+    attn_mask: torch.Tensor | None = None,
 ) -> int:
     """Stream words one dropout attention call uses: the numel of ``(*batch, heads, L, S)``.
 
@@ -108,7 +112,8 @@ def attention_words(
     key_batch, value_batch = key.shape[:-2], value.shape[:-2]
     if enable_gqa and query.dim() >= 3 and key.dim() >= 3:
         key_batch, value_batch = (*key_batch[:-1], query.shape[-3]), (*value_batch[:-1], query.shape[-3])
-    batch = torch.broadcast_shapes(query.shape[:-2], key_batch, value_batch)
+    mask_batch = attn_mask.shape[:-2] if attn_mask is not None else ()
+    batch = torch.broadcast_shapes(query.shape[:-2], key_batch, value_batch, mask_batch)
     return math.prod(batch) * query.shape[-2] * key.shape[-2]
 
 
@@ -216,7 +221,8 @@ def _sdpa(
             return triton_attention.attention(
                 query, key, value, attn_mask, is_causal, scale, threshold, drop_scale, seed, offset
             )
-    q, k, v, batch = _expand(query, key, value, enable_gqa)
+    mask_batch = attn_mask.shape[:-2] if attn_mask is not None else ()
+    q, k, v, batch = _expand(query, key, value, enable_gqa, mask_batch)
     length, s_len = q.shape[-2], k.shape[-2]
     if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
         attn_mask = attn_mask.to(q.dtype)
@@ -292,5 +298,6 @@ def scaled_dot_product_attention(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
         )
-    seed_v, offset_v = _position(seed, offset, generator, attention_words(query, key, value, enable_gqa))
+    words = attention_words(query, key, value, enable_gqa, attn_mask)
+    seed_v, offset_v = _position(seed, offset, generator, words)
     return _sdpa(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, seed_v, offset_v)
