@@ -118,7 +118,7 @@ class Unreplaced:
     """Dropout :func:`patch` found but could not replace, and why.
 
     Example:
-        >>> patch(nn.Sequential(nn.MultiheadAttention(8, 2, dropout=0.1))).unreplaced[0].reason
+        >>> patch(nn.Sequential(nn.LSTM(4, 4, num_layers=2, dropout=0.1))).unreplaced[0].reason
         'dropout rate stored as a float attribute dropout=0.1'
     """
 
@@ -298,7 +298,7 @@ def patch(
         >>> layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32)
         >>> report = patch(layer, seed=0)
         >>> [r.name for r in report.replaced]
-        ['dropout', 'dropout1', 'dropout2']
+        ['self_attn', 'dropout', 'dropout1', 'dropout2']
         >>> type(layer.dropout1).__module__
         'dropkit.layers.dropout'
     """

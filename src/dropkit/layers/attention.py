@@ -41,8 +41,17 @@ class MultiheadAttention(nn.MultiheadAttention):
     on alone, so MC dropout sees the attention dropout.
 
     Args:
-        embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
-            batch_first, device, dtype: as ``torch.nn.MultiheadAttention``.
+        embed_dim: total dimension of the model.
+        num_heads: number of parallel heads (``embed_dim`` must be divisible by it).
+        dropout: attention dropout probability. Default: 0.0.
+        bias: add bias to the input and output projections.
+        add_bias_kv: add a learned bias to the key and value sequences.
+        add_zero_attn: add a row of zeros to the key and value sequences.
+        kdim: features of the keys (None: ``embed_dim``).
+        vdim: features of the values (None: ``embed_dim``).
+        batch_first: inputs and outputs are ``(N, L, E)`` instead of ``(L, N, E)``.
+        device: where to create the parameters.
+        dtype: dtype of the parameters.
         seed: give the attention dropout its own stream (kept in the state_dict).
         generator: draw seeds from this generator instead of torch's default one.
 
