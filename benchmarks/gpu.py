@@ -6,7 +6,9 @@ Prints, with the device name:
     tensor (``y.copy_(x)``: the bandwidth floor for a read-once, write-once kernel);
   * the fused ``dropout_add_norm`` at 8192 x 4096 bf16 vs torch eager (dropout, add,
     layer_norm) and vs ``torch.compile`` of the same three ops, forward and forward+backward;
-  * bytes saved for backward per element, counted with torch.autograd.graph.saved_tensors_hooks.
+  * bytes saved for backward per element, counted with torch.autograd.graph.saved_tensors_hooks;
+  * attention with dropout (16 x 16 heads x 1024 x 1024, head dim 64, bf16/fp16, full and causal):
+    dropkit's Triton flash kernel vs torch's SDPA with the same dropout_p, fwd and fwd+bwd.
 
 Times are GPU medians from ``triton.testing.do_bench`` (which flushes L2 between runs). Needs
 only torch, triton and dropkit; exits with status 2 and a message when there is no CUDA device
@@ -133,6 +135,31 @@ def fused_rows(m: int, c: int, compile_too: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def attention_rows(dtype: torch.dtype, causal: bool) -> list[tuple[str, str]]:
+    """Attention with dropout (batch 16, 16 heads, L = S = 1024, head dim 64): dropkit's Triton
+    flash kernel vs torch's SDPA with the same dropout_p, forward and forward+backward."""
+    shape = (16, 16, 1024, 64)
+    q, k, v = (torch.randn(shape, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(shape, device=DEVICE, dtype=dtype)
+    cases = {
+        "dropkit": lambda: dropkit.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=P, is_causal=causal, seed=SEED
+        ),
+        "torch": lambda: F.scaled_dot_product_attention(q, k, v, dropout_p=P, is_causal=causal),
+    }
+    tag = f"attention {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'}"
+    times = {}
+    for name, fn in cases.items():
+        times[(name, "fwd")] = ms(fn)
+        times[(name, "fwd+bwd")] = ms(lambda fn=fn: fn().backward(grad))
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        ours, theirs = times[("dropkit", mode)], times[("torch", mode)]
+        text = f"dropkit {ours:.3f} ms  torch {theirs:.3f} ms  ratio {ours / theirs:.2f}x"
+        rows.append((f"{tag} {mode}", text))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2**24 elements only, no torch.compile")
@@ -158,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += dropout_rows(n, dtype)
             torch.cuda.empty_cache()
     rows += fused_rows(8192, 4096, compile_too=not args.quick)
+    for dtype in (torch.bfloat16, torch.float16):
+        for causal in (False, True):
+            rows += attention_rows(dtype, causal)
+            torch.cuda.empty_cache()
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

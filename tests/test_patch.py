@@ -194,11 +194,11 @@ class ReadsRate(nn.Module):
 
 
 def test_report_lists_what_cannot_be_replaced():
-    model = nn.Sequential(FunctionalNet(), nn.MultiheadAttention(8, 2, dropout=0.2), ReadsRate())
+    model = nn.Sequential(FunctionalNet(), nn.LSTM(8, 8, num_layers=2, dropout=0.2), ReadsRate())
     report = patch(model)
     reasons = {(u.name, u.type): u.reason for u in report.unreplaced}
     assert "dropout" in reasons[("0", "FunctionalNet")]
-    assert "dropout=0.2" in reasons[("1", "MultiheadAttention")]
+    assert "dropout=0.2" in reasons[("1", "LSTM")]
     reads = [u.reason for u in report.unreplaced if u.name == "2"]
     assert any("self.dropout.p" in r for r in reads) and any(
         "scaled_dot_product_attention" in r for r in reads

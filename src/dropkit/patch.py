@@ -24,6 +24,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dropkit._attention_patch import (
+    hf_dropout_child,
+    hook_timm,
+    restore_hf,
+    switch_hf,
+    timm_dropout_child,
+    unhook_timm,
+)
 from dropkit._select import (
     TORCH_DROPOUTS,
     ModuleFilter,
@@ -110,7 +118,7 @@ class Unreplaced:
     """Dropout :func:`patch` found but could not replace, and why.
 
     Example:
-        >>> patch(nn.Sequential(nn.MultiheadAttention(8, 2, dropout=0.1))).unreplaced[0].reason
+        >>> patch(nn.Sequential(nn.LSTM(4, 4, num_layers=2, dropout=0.1))).unreplaced[0].reason
         'dropout rate stored as a float attribute dropout=0.1'
     """
 
@@ -158,6 +166,8 @@ def _target(module: nn.Module) -> tuple[str, str, dict[str, str]] | None:
     for cls in TORCH_DROPOUTS:
         if type(module) is cls:
             return _TORCH_TO_DROPKIT[cls.__name__], "p", {"inplace": "inplace"}
+    if type(module) is nn.MultiheadAttention:
+        return "MultiheadAttention", "dropout", {}
     for cls, attr in third_party_classes():
         if type(module) is cls:
             name, extras = _THIRD_PARTY_TO_DROPKIT[cls.__name__]
@@ -173,6 +183,8 @@ def _build(
     cls = _dropkit_class(target_name)
     if cls is None:
         return None, f"dropkit.{target_name} is not available in this version of dropkit"
+    if target_name == "MultiheadAttention":
+        return _build_attention(cls, module, None if seed is None else derive_seed(seed, name)), target_name
     kwargs = {}
     for source, keyword in extras.items():
         value = getattr(module, source)
@@ -188,6 +200,20 @@ def _build(
         kwargs["mask_storage"] = mask_storage
     new = cls(float(getattr(module, attr)), **kwargs)
     return new, target_name
+
+
+def _build_attention(cls: type, module: nn.MultiheadAttention, seed: int | None) -> nn.Module:
+    """dropkit's MultiheadAttention sharing ``module``'s parameters (the same Parameter objects)."""
+    new = cls(
+        module.embed_dim, module.num_heads, dropout=float(module.dropout),
+        bias=module.in_proj_bias is not None,
+        add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
+        vdim=module.vdim, batch_first=module.batch_first, device="meta", seed=seed,
+    )
+    for key in new._parameters:
+        new._parameters[key] = module._parameters[key]
+    new.out_proj = module.out_proj
+    return new
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,7 +237,8 @@ def _scan(name: str, module: nn.Module) -> list[Unreplaced]:
             found.append(Unreplaced(name, kind, f"forward calls functional {', '.join(calls)}"))
         children = dict(module.named_children())
         for child in sorted(set(_RATE_READ.findall(source))):
-            if child in children and f"self.{child}(" not in source:
+            rate = getattr(children.get(child), "p", None)
+            if child in children and f"self.{child}(" not in source and rate != 0:
                 found.append(
                     Unreplaced(
                         name,
@@ -220,8 +247,12 @@ def _scan(name: str, module: nn.Module) -> list[Unreplaced]:
                         "the rate is honoured but the random stream is not dropkit's",
                     )
                 )
+    source = _forward_source(type(module))
     for attr, value in vars(module).items():
-        if "drop" in attr and isinstance(value, float) and not attr.startswith("_"):
+        # A rate counts only if forward reads it (timm's ConvNeXt keeps drop_rate after building
+        # its dropout module from it) and it is not 0 (no randomness to report).
+        used = not source or re.search(rf"\bself\.{attr}\b", source) is not None
+        if "drop" in attr and isinstance(value, float) and not attr.startswith("_") and value != 0 and used:
             found.append(Unreplaced(name, kind, f"dropout rate stored as a float attribute {attr}={value}"))
     return found
 
@@ -267,7 +298,7 @@ def patch(
         >>> layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32)
         >>> report = patch(layer, seed=0)
         >>> [r.name for r in report.replaced]
-        ['dropout', 'dropout1', 'dropout2']
+        ['self_attn', 'dropout', 'dropout1', 'dropout2']
         >>> type(layer.dropout1).__module__
         'dropkit.layers.dropout'
     """
@@ -285,12 +316,13 @@ def patch(
     scanned: set[int] = set()
     # remove_duplicate=False: a module shared under two names must be swapped under both.
     for name, child in list(model.named_modules(remove_duplicate=False)):
+        replace = bool(name) and _target(child) is not None
+        replace = replace and matches(include, name, child, True) and not matches(exclude, name, child, False)
         if id(child) not in scanned:
             scanned.add(id(child))
-            report.unreplaced += _scan(name, child)
-        if not name or _target(child) is None:
-            continue
-        if not matches(include, name, child, True) or matches(exclude, name, child, False):
+            if not replace and not _route_attention(name, child, include, exclude, report):
+                report.unreplaced += _scan(name, child)
+        if not replace:
             continue
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -307,16 +339,75 @@ def patch(
         new.__dict__[_ORIGINAL] = child
         setattr(parent, child_name, new)
         done[id(child)] = new
-        stream = new.stream_state() if isinstance(new, StreamModule) else None
-        storage = getattr(new, "mask_storage", None)
+        holder = new.attn_dropout if isinstance(new, nn.MultiheadAttention) else new
+        stream = holder.stream_state() if isinstance(holder, StreamModule) else None
+        storage = getattr(holder, "mask_storage", None)
         report.replaced.append(
-            Replacement(name, type(child).__name__, kind, get_rate(new), stream and stream["seed"], storage)
+            Replacement(
+                name, type(child).__name__, kind, get_rate(holder), stream and stream["seed"], storage
+            )
         )
     if _target(model) is not None:
         report.unreplaced.append(
             Unreplaced("", type(model).__name__, "the root module cannot be replaced in place")
         )
     return report
+
+
+def _hf_attention_child(module: nn.Module) -> str | None:
+    """The dropout child whose rate a Hugging Face attention layer passes to its attention function."""
+    source = _forward_source(type(module))
+    if "attention_interface" not in source:
+        return None
+    children = dict(module.named_children())
+    for child in sorted(set(_RATE_READ.findall(source))):
+        if child in children and f"self.{child}(" not in source:
+            return child
+    return None
+
+
+def _route_attention(
+    name: str,
+    module: nn.Module,
+    include: ModuleFilter | None,
+    exclude: ModuleFilter | None,
+    report: PatchReport,
+) -> bool:
+    """Route a Hugging Face or timm attention layer's dropout through its (replaced) dropout child.
+
+    Returns True when ``module`` is such a layer (handled, or reported with the reason).
+    """
+    if timm_dropout_child(module):
+        child_name = "attn_drop"
+    else:
+        child_name = _hf_attention_child(module)
+        if child_name is None:
+            return False
+    qualified = f"{name}.{child_name}" if name else child_name
+    child = module.get_submodule(child_name)
+    if not matches(include, qualified, child, True) or matches(exclude, qualified, child, False):
+        return False
+    if child_name == "attn_drop":
+        hook_timm(module)
+        return True
+    reason = hf_dropout_child(module, child_name)
+    if reason is not None:
+        if getattr(child, "p", 0.0) != 0:
+            report.unreplaced.append(Unreplaced(name, type(module).__name__, reason))
+        return True
+    switch_hf(module, child_name)
+    return True
+
+
+def _restore(original: nn.Module, replacement: nn.Module) -> None:
+    """Carry the replacement's rate, inplace flag and train/eval state back to the original."""
+    if isinstance(original, nn.MultiheadAttention):
+        original.dropout = replacement.dropout
+    else:
+        set_rate(original, get_rate(replacement))
+    if hasattr(original, "inplace") and hasattr(replacement, "inplace"):
+        original.inplace = replacement.inplace
+    original.train(replacement.training)
 
 
 def unpatch(model: nn.Module) -> list[str]:
@@ -342,13 +433,12 @@ def unpatch(model: nn.Module) -> list[str]:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     restored = []
     for name, child in list(model.named_modules(remove_duplicate=False)):
+        restore_hf(child)
+        unhook_timm(child)
         original = child.__dict__.get(_ORIGINAL)
         if original is None or not name:
             continue
-        set_rate(original, get_rate(child))
-        if hasattr(original, "inplace") and hasattr(child, "inplace"):
-            original.inplace = child.inplace
-        original.train(child.training)
+        _restore(original, child)
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child_name, original)
         restored.append(name)

@@ -1,6 +1,7 @@
 """dropkit.functional: every dropout-family operation as a pure function."""
 
 from dropkit.functional.alpha import alpha_dropout, feature_alpha_dropout
+from dropkit.functional.attention import scaled_dot_product_attention
 from dropkit.functional.concrete import concrete_dropout, concrete_regularizer
 from dropkit.functional.dropblock import drop_block2d, drop_block3d, dropblock_gamma
 from dropkit.functional.dropout import dropout, dropout_mask, mask_shape
@@ -35,4 +36,5 @@ __all__ = [
     "locked_dropout",
     "mask_shape",
     "rdrop_loss",
+    "scaled_dot_product_attention",
 ]

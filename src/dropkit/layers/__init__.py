@@ -2,6 +2,7 @@
 
 from dropkit.layers._base import RateModule, StreamModule
 from dropkit.layers.alpha import AlphaDropout, FeatureAlphaDropout
+from dropkit.layers.attention import MultiheadAttention
 from dropkit.layers.concrete import ConcreteDropout, concrete_regularization
 from dropkit.layers.dropblock import DropBlock2d, DropBlock3d
 from dropkit.layers.dropout import Dropout
@@ -28,6 +29,7 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
+    "MultiheadAttention",
     "RateModule",
     "StochasticDepth",
     "StreamModule",

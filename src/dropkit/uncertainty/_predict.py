@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -38,15 +38,55 @@ def _torch_rng(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _check_output(out: object, rows: int) -> torch.Tensor:
+OutputSelector = str | int | Callable[[object], torch.Tensor] | None
+
+
+def _check_selector(output: object) -> OutputSelector:
+    if output is None or callable(output) or isinstance(output, str):
+        return output  # type: ignore[return-value]
+    if isinstance(output, int) and not isinstance(output, bool):
+        return output
+    raise TypeError(
+        f"output must be None, a key or attribute name, an int index or a callable, got {output!r}"
+    )
+
+
+def _select(out: object, output: OutputSelector) -> object:
+    """The tensor ``output`` names in a model's output (a ModelOutput, dict, tuple or tensor)."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    if isinstance(output, int):
+        if hasattr(out, "to_tuple"):  # a Hugging Face ModelOutput indexes like its tuple
+            out = out.to_tuple()
+        if not isinstance(out, (tuple, list)):
+            raise TypeError(f"output={output!r} indexes a tuple, but the model returned {type(out).__name__}")
+        return out[output]
+    if isinstance(out, Mapping) and output in out:
+        return out[output]
+    if hasattr(out, output):
+        return getattr(out, output)
+    keys = f" (keys: {list(out)})" if isinstance(out, Mapping) else ""
+    kind = type(out).__name__
+    raise ValueError(f"output={output!r} is neither a key nor an attribute of the model's {kind}{keys}")
+
+
+def _check_output(out: object, rows: int, output: OutputSelector = None) -> torch.Tensor:
+    out = _select(out, output)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"mc_predict needs a model that returns a tensor, got {type(out).__name__}")
+        hint = "pass output= a key or attribute name (output='logits'), an index or a callable that picks it"
+        if output is not None:
+            hint = f"output={output!r} selected a {type(out).__name__}; it must select a tensor"
+        raise TypeError(f"mc_predict needs a tensor from the model, got {type(out).__name__}: {hint}")
     if out.dim() == 0 or out.shape[0] != rows:
         raise ValueError(f"the model's output {tuple(out.shape)} does not have the {rows} input rows first")
     return out
 
 
-def _forward_rows(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+def _forward_rows(
+    model: nn.Module, x: torch.Tensor, start: int, stop: int, output: OutputSelector = None
+) -> torch.Tensor:
     """The model on rows ``start..stop-1`` of ``x`` repeated along dim 0 (row ``r`` is ``x[r % N]``)."""
     n = x.shape[0]
     pieces = []
@@ -63,7 +103,7 @@ def _forward_rows(model: nn.Module, x: torch.Tensor, start: int, stop: int) -> t
             pieces.append(x[first : first + take])
             row += take
     chunk = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    return _check_output(model(chunk), stop - start)
+    return _check_output(model(chunk), stop - start, output)
 
 
 def _mask_spans_batch(module: StreamModule) -> bool:
@@ -99,6 +139,7 @@ def mc_predict(
     max_batch: int | None = None,
     seed: int | None = None,
     consistent: bool = False,
+    output: OutputSelector = None,
 ) -> torch.Tensor:
     r"""``samples`` stochastic forward passes with only dropout on (MC dropout), stacked.
 
@@ -139,6 +180,10 @@ def mc_predict(
         max_batch: the most rows a single forward pass may hold (None: no limit).
         seed: base seed in [0, 2**64) for reproducible masks.
         consistent: share each pass's masks across inputs and calls.
+        output: which tensor of the model's output to stack, for models that return a Hugging
+            Face ``ModelOutput``, a dict or a tuple: a key or attribute name (``"logits"``), an
+            int index, or a callable ``output(model_output) -> tensor``. None: the model
+            returns a tensor.
 
     Returns:
         The stacked outputs, detached.
@@ -163,6 +208,7 @@ def mc_predict(
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"x must have at least one row along dim 0, got shape {tuple(x.shape)}")
     samples = _positive_int("samples", samples)
+    output = _check_selector(output)
     max_batch = None if max_batch is None else _positive_int("max_batch", max_batch)
     seed = None if seed is None else check_seed(seed)
     if not isinstance(batched, bool) or not isinstance(consistent, bool):
@@ -202,13 +248,13 @@ def mc_predict(
                         # Every chunk restarts the pass's streams: masks depend on t, not on the chunk.
                         override.set_streams(seed, "consistent", t)
                         override.rows = min(start + chunk, n) - start
-                        outs.append(_forward_rows(model, x, start, start + override.rows))
+                        outs.append(_forward_rows(model, x, start, start + override.rows, output))
                     passes.append(torch.cat(outs))
                 return torch.stack(passes)
             rows = samples * n if batched else n
             repeats = 1 if batched else samples
             outs = [
-                _forward_rows(model, x, start, min(start + chunk, rows))
+                _forward_rows(model, x, start, min(start + chunk, rows), output)
                 for _ in range(repeats)
                 for start in range(0, rows, chunk)
             ]

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from torch import nn
 
+from dropkit._attention_patch import HF_STATE, TIMM_STATE
 from dropkit._select import TORCH_DROPOUTS
 from dropkit.layers import GaussianNoise, StreamModule
 
@@ -61,13 +62,36 @@ def is_dropout_module(module: nn.Module) -> bool:
     return not getattr(type(module), "mc_dropout_exempt", False)
 
 
-@functools.lru_cache(maxsize=512)
 def _forward_calls_functional_dropout(cls: type) -> bool:
+    return bool(_FUNCTIONAL_DROPOUT.search(_forward_source(cls)))
+
+
+# ``self.<child>.p`` in a forward: a dropout module's rate passed to a function (Hugging Face's
+# attention layers give ``self.dropout.p`` to their attention function under their own flag).
+_RATE_READ = re.compile(r"\bself\.(\w+)\.p\b")
+
+
+@functools.lru_cache(maxsize=512)
+def _forward_source(cls: type) -> str:
     try:
-        source = inspect.getsource(cls.forward)
+        return inspect.getsource(cls.forward)
     except (OSError, TypeError):
-        return False
-    return bool(_FUNCTIONAL_DROPOUT.search(source))
+        return ""
+
+
+def _reads_child_rate(module: nn.Module) -> bool:
+    """Whether forward passes a dropout child's rate to a function instead of calling the child."""
+    source = _forward_source(type(module))
+    for child in set(_RATE_READ.findall(source)):
+        sub = module._modules.get(child)
+        if sub is not None and f"self.{child}(" not in source and getattr(sub, "p", 0) != 0:
+            return True
+    return False
+
+
+def _routed(module: nn.Module) -> bool:
+    """Whether :func:`dropkit.patch.patch` made the module's attention dropout follow its dropout child."""
+    return HF_STATE in module.__dict__ or TIMM_STATE in module.__dict__
 
 
 def _has_rate_attribute(module: nn.Module) -> bool:
@@ -85,8 +109,11 @@ def unswitchable_modules(model: nn.Module) -> list[str]:
     ``F.dropout(x, p, training=self.training)``) drops only when *it* is in training mode, and
     putting it in training mode would switch on everything else it does in training; so
     :func:`mc_dropout` leaves it alone and lists it in a warning. Detected from a float rate
-    attribute in (0, 1) (``dropout``, ``attention_dropout``, ``p``, ...) or from a functional
-    dropout call in the source of the class's ``forward``; a heuristic, as Python allows.
+    attribute in (0, 1) (``dropout``, ``attention_dropout``, ``p``, ...), from a functional
+    dropout call in the source of the class's ``forward``, or from a forward that passes a child's
+    rate (``self.dropout.p``) to a function, as Hugging Face attention does; a heuristic, as
+    Python allows. Attention layers that :func:`dropkit.patch.patch` routed to dropkit's stream
+    (Hugging Face, timm, torch's MultiheadAttention) follow their dropout child and are not listed.
 
     Shape:
         Not applicable: returns names as ``model.named_modules()`` gives them.
@@ -99,7 +126,12 @@ def unswitchable_modules(model: nn.Module) -> list[str]:
         name
         for name, module in model.named_modules()
         if not is_dropout_module(module)
-        and (_has_rate_attribute(module) or _forward_calls_functional_dropout(type(module)))
+        and not _routed(module)
+        and (
+            _has_rate_attribute(module)
+            or _forward_calls_functional_dropout(type(module))
+            or _reads_child_rate(module)
+        )
     ]
 
 
