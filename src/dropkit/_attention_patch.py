@@ -21,10 +21,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
-from dropkit.functional.attention import scaled_dot_product_attention
+from dropkit.functional.attention import attention_on_stream
 from dropkit.layers._base import StreamModule
 
 __all__ = ["hf_dropout_child", "switch_hf", "restore_hf", "timm_dropout_child", "hook_timm", "unhook_timm"]
@@ -36,9 +35,6 @@ _PREFIX = "dropkit|"
 _SUPPORTED = ("eager", "sdpa")
 
 
-def _take(child: StreamModule, words: int) -> tuple[int | torch.Tensor | None, int | torch.Tensor]:
-    """The stream position of one attention call: the one place the dropout module's stream is read."""
-    return child.take_stream(words)
 
 
 def _active(child: object) -> bool:
@@ -92,11 +88,9 @@ def _attention(name: str) -> Callable:
             causal = length > 1 and mask is None and causal
             if causal and key.shape[-2] > length:
                 key, value = key[:, :, :length], value[:, :, :length]
-        words = query.shape[0] * query.shape[1] * length * key.shape[-2]
-        seed, offset = _take(child, words)
-        out = scaled_dot_product_attention(
-            query, key, value, mask, child.p, causal, scaling, enable_gqa=groups > 1, seed=seed, offset=offset
-        )
+        # The one place the dropout module's stream is read; the attention reserves its words.
+        out = attention_on_stream(query, key, value, mask, child.p, causal, scaling, groups > 1,
+                                  child.stream())
         return out.transpose(1, 2).contiguous(), None
 
     attention.__name__ = attention.__qualname__ = f"dropkit_{name}_attention"

@@ -53,6 +53,10 @@ __all__ = [
     "keep_mask",
     "uniform",
     "normal",
+    "dropout_forward",
+    "dropout_backward",
+    "fuses_attention",
+    "attention",
     "fuses_dropout_add_norm",
     "dropout_add_norm",
 ]
@@ -433,6 +437,63 @@ def normal(
         return _normal_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
     backend = _noise_backend(device, "normal")
     return backend.normal(numel, *_position(backend, seed, offset, device), dtype, device)
+
+
+def dropout_forward(
+    x: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, scale: float,
+    storage: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(where(keep, x * scale, 0), saved)`` of a contiguous ``x``, without autograd: for
+    autograd Functions of their own (attention) that need the saved mask back.
+
+    Example:
+        >>> y, bits = dropout_forward(torch.ones(8), 1, 0, 2**31, 2.0, "bits")
+        >>> torch.equal(dropout_backward(torch.ones(8), bits, 1, 0, 2**31, 2.0, "bits"), y)
+        True
+    """
+    return _forward(x, seed, offset, threshold, scale, storage)
+
+
+def dropout_backward(
+    grad: torch.Tensor, saved: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor,
+    threshold: int, scale: float, storage: str,
+) -> torch.Tensor:
+    """``where(keep, grad * scale, 0)`` with the mask from ``saved`` (or the stream), no autograd."""
+    return _backward(grad, saved, seed, offset, threshold, scale, storage)
+
+
+def fuses_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    enable_gqa: bool,
+) -> bool:
+    """Whether a backend runs attention with dropout as one kernel for these tensors (Triton).
+
+    Example:
+        >>> q = torch.ones(1, 1, 2, 4)
+        >>> fuses_attention(q, q, q, None, False)
+        False
+    """
+    fused = getattr(backend_for(query.device, query.dtype), "fused_attention", None)
+    return fused is not None and fused().supports(query, key, value, attn_mask, enable_gqa)
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float, threshold: int, drop_scale: float, seed: int | torch.Tensor, offset: int | torch.Tensor,
+) -> torch.Tensor:
+    """The fused attention-with-dropout kernel, where :func:`fuses_attention` says one exists."""
+    backend = backend_for(query.device, query.dtype)
+    seed, offset = _position(backend, seed, offset, query.device)
+    return backend.fused_attention().attention(
+        query, key, value, attn_mask, is_causal, scale, threshold, drop_scale, seed, offset
+    )
 
 
 def fuses_dropout_add_norm(x: torch.Tensor) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "dropout_backward",
     "load_position",
     "fused_norm",
+    "fused_attention",
 ]
 
 # Stream positions arrive as 0-dim int64 device tensors and the kernels read them from memory:
@@ -248,6 +249,13 @@ def _launch(
         # No fused multiply-add: every product is rounded on its own, as on the CPU.
         enable_fp_fusion=False,
     )
+
+
+def fused_attention():
+    """The flash-attention kernels with dropout (:mod:`dropkit.backends.triton_attention`)."""
+    from dropkit.backends import triton_attention
+
+    return triton_attention
 
 
 def fused_norm():

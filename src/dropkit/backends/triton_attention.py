@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.backends.triton import element_words, stream_args
+from dropkit.backends.triton import element_words, load_position
+from dropkit.rng import seed_to_signed
 
 __all__ = ["attention", "supports"]
 
@@ -58,10 +59,10 @@ def _keep(z, m_idx, n_idx, m_len, n_len, seed_lo, seed_hi, off_lo, off_hi, thr):
     return w.to(tl.int64) >= thr
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["thr"])
 def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, heads, msb, msh, msm, msn,
                     m_len, n_len, head_dim, scale, drop_scale,
-                    seed_lo, seed_hi, off_lo, off_hi, thr,
+                    seed_ptr, off_ptr, thr,
                     CAUSAL: tl.constexpr, MASK: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m = tl.program_id(0)
@@ -74,8 +75,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, heads, msb, m
     q_ok = (m_idx[:, None] < m_len) & d_ok
     q_off = z * m_len * head_dim + m_idx[:, None] * head_dim + d_idx[None, :]
     q = tl.load(q_ptr + q_off, mask=q_ok, other=0.0)
-    s_lo, s_hi = seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
-    o_lo, o_hi = off_lo.to(tl.uint32), off_hi.to(tl.uint32)
+    s_lo, s_hi, o_lo, o_hi = load_position(seed_ptr, off_ptr)
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -119,10 +119,10 @@ def _tile_grads(q, k_ptrs, v, do, lse, delta, z, m_idx, n_idx, m_len, n_len, mas
     return tl.where(keep, p * drop_scale, 0.0), ds
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["thr"])
 def _backward_kv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                         mask_ptr, heads, msb, msh, msm, msn, m_len, n_len, head_dim, scale, drop_scale,
-                        seed_lo, seed_hi, off_lo, off_hi, thr,
+                        seed_ptr, off_ptr, thr,
                         CAUSAL: tl.constexpr, MASK: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_n = tl.program_id(0)
@@ -135,8 +135,7 @@ def _backward_kv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr,
     kv_ok = (n_idx[:, None] < n_len) & d_ok
     kv_off = z * n_len * head_dim + n_idx[:, None] * head_dim + d_idx[None, :]
     v = tl.load(v_ptr + kv_off, mask=kv_ok, other=0.0)
-    s_lo, s_hi = seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
-    o_lo, o_hi = off_lo.to(tl.uint32), off_hi.to(tl.uint32)
+    s_lo, s_hi, o_lo, o_hi = load_position(seed_ptr, off_ptr)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     first = 0
@@ -159,10 +158,10 @@ def _backward_kv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr,
     tl.store(dv_ptr + kv_off, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "thr"])
+@triton.jit(do_not_specialize=["thr"])
 def _backward_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                        mask_ptr, heads, msb, msh, msm, msn, m_len, n_len, head_dim, scale, drop_scale,
-                       seed_lo, seed_hi, off_lo, off_hi, thr,
+                       seed_ptr, off_ptr, thr,
                        CAUSAL: tl.constexpr, MASK: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     start_m = tl.program_id(0)
@@ -178,8 +177,7 @@ def _backward_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     do = tl.load(do_ptr + q_off, mask=q_ok, other=0.0)
     lse = tl.load(lse_ptr + z * m_len + m_idx, mask=m_idx < m_len, other=float("inf"))
     delta = tl.load(delta_ptr + z * m_len + m_idx, mask=m_idx < m_len, other=0.0)
-    s_lo, s_hi = seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
-    o_lo, o_hi = off_lo.to(tl.uint32), off_hi.to(tl.uint32)
+    s_lo, s_hi, o_lo, o_hi = load_position(seed_ptr, off_ptr)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     end = n_len
     if CAUSAL:
@@ -247,7 +245,12 @@ class _FlashAttention(torch.autograd.Function):
         lse = torch.empty((n * h, length), dtype=torch.float32, device=q.device)
         block_m, block_n = _blocks()
         block_d = max(16, triton.next_power_of_2(dim))
-        stream = stream_args(seed, offset)
+        # The position as device scalars that the kernels read: no host sync, graph-capturable.
+        stream = tuple(
+            v if isinstance(v, torch.Tensor)
+            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=q.device)
+            for v in (seed, offset)
+        )
         _forward_kernel[(triton.cdiv(length, block_m), n * h)](
             q, k, v, out, lse, mask_t if mask_t is not None else lse, *strides, length, s_len, dim,
             scale, drop_scale, *stream, threshold,
@@ -287,8 +290,8 @@ def attention(
     scale: float,
     threshold: int,
     drop_scale: float,
-    seed: int,
-    offset: int,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
 ) -> torch.Tensor:
     """Attention with philox-v1 dropout of ``(N, H, L, E)`` tensors (see :func:`supports`).
 

@@ -22,21 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import ops
-from dropkit.functional._checks import check_p, stream_position
+from dropkit.functional._checks import check_p, open_stream
 from dropkit.rng import keep_threshold
 
-__all__ = ["scaled_dot_product_attention", "attention_words"]
-
-
-def _position(
-    seed: int | torch.Tensor | None, offset: int | torch.Tensor, generator: torch.Generator | None, words: int
-) -> tuple[int, int]:
-    """Where the call's ``words`` stream words start, as unsigned ints ``(seed, offset)``.
-
-    The one place that turns the functional stream arguments into a position.
-    """
-    del words  # the caller's stream advances by ceil(words / 4) blocks; a bare call has none
-    return stream_position(seed, offset, generator)  # type: ignore[return-value]
+__all__ = ["scaled_dot_product_attention", "attention_on_stream"]
 
 
 def _check_tensor(value: object, name: str) -> torch.Tensor:
@@ -95,36 +84,8 @@ def _expand(query, key, value, enable_gqa, mask_batch=()):
     return query, key, value, tuple(batch)
 
 
-def attention_words(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    enable_gqa: bool = False,
-    attn_mask: torch.Tensor | None = None,
-) -> int:
-    """Stream words one dropout attention call uses: the numel of ``(*batch, heads, L, S)``.
-
-    Example:
-        >>> q, kv = torch.zeros(2, 4, 5, 8), torch.zeros(2, 4, 7, 8)
-        >>> attention_words(q, kv, kv)
-        280
-    """
-    key_batch, value_batch = key.shape[:-2], value.shape[:-2]
-    if enable_gqa and query.dim() >= 3 and key.dim() >= 3:
-        key_batch, value_batch = (*key_batch[:-1], query.shape[-3]), (*value_batch[:-1], query.shape[-3])
-    mask_batch = attn_mask.shape[:-2] if attn_mask is not None else ()
-    batch = torch.broadcast_shapes(query.shape[:-2], key_batch, value_batch, mask_batch)
-    return math.prod(batch) * query.shape[-2] * key.shape[-2]
-
-
-def _drop(p: torch.Tensor, seed: int, offset: int, threshold: int, scale: float, storage: str):
-    """``(where(keep, p * scale, 0), saved)`` through dropkit's dropout kernels."""
-    return ops.backend_for(p.device).dropout_forward(p, seed, offset, threshold, scale, storage)
-
-
-def _drop_grad(grad: torch.Tensor, saved: torch.Tensor, seed: int, offset: int, threshold: int, scale: float,
-               storage: str) -> torch.Tensor:
-    return ops.backend_for(grad.device).dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
+_drop = ops.dropout_forward  # (where(keep, p * scale, 0), saved), no autograd of its own
+_drop_grad = ops.dropout_backward
 
 
 class _Attention(torch.autograd.Function):
@@ -206,24 +167,25 @@ def _sdpa(
     is_causal: bool,
     scale: float | None,
     enable_gqa: bool,
-    seed: int,
-    offset: int,
+    stream: object,
 ) -> torch.Tensor:
-    """Attention with dropout at the stream position ``(seed, offset)``; arguments already checked."""
+    """Attention with dropout drawn from ``stream``; arguments already checked.
+
+    It reserves one word per element of the logical ``(*batch, Hq, L, S)`` probabilities.
+    """
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     threshold = keep_threshold(dropout_p)
     drop_scale = 0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p)
-    if query.is_cuda:
-        from dropkit.backends import triton_attention
-
-        if triton_attention.supports(query, key, value, attn_mask, enable_gqa):
-            return triton_attention.attention(
-                query, key, value, attn_mask, is_causal, scale, threshold, drop_scale, seed, offset
-            )
     mask_batch = attn_mask.shape[:-2] if attn_mask is not None else ()
+    if ops.fuses_attention(query, key, value, attn_mask, enable_gqa):
+        words = query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2]
+        seed, offset = stream.take(words)
+        return ops.attention(query, key, value, attn_mask, is_causal, scale, threshold, drop_scale, seed,
+                             offset)
     q, k, v, batch = _expand(query, key, value, enable_gqa, mask_batch)
     length, s_len = q.shape[-2], k.shape[-2]
+    seed, offset = stream.take(math.prod(batch) * length * s_len)
     if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
         attn_mask = attn_mask.to(q.dtype)
     out = _Attention.apply(
@@ -294,10 +256,38 @@ def scaled_dot_product_attention(
         True
     """
     p = _check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    if p == 0.0:
+    stream = open_stream(seed, offset, generator, query.device)
+    return _attend(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream)
+
+
+def attention_on_stream(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    stream: object,
+) -> torch.Tensor:
+    """:func:`scaled_dot_product_attention` drawing from a module's ``stream`` (checks included).
+
+    Example:
+        >>> from dropkit.rng import Stream
+        >>> q = torch.randn(1, 2, 3, 4)
+        >>> s = Stream(5)
+        >>> out = attention_on_stream(q, q, q, None, 0.5, False, None, False, s)
+        >>> s.words  # one word per probability: 1 * 2 * 3 * 3
+        18
+    """
+    p = _check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return _attend(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream)
+
+
+def _attend(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream) -> torch.Tensor:
+    if p == 0.0:  # torch's own function: nothing drawn, results bit for bit torch's
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
         )
-    words = attention_words(query, key, value, enable_gqa, attn_mask)
-    seed_v, offset_v = _position(seed, offset, generator, words)
-    return _sdpa(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, seed_v, offset_v)
+    return _sdpa(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream)

@@ -6,11 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropkit import ops
-from dropkit.functional.attention import _position, _sdpa
-from dropkit.functional.dropout import inverted_scale
+from dropkit.functional.attention import _sdpa
+from dropkit.functional.dropout import apply_dropout
 from dropkit.layers.dropout import Dropout
-from dropkit.rng import keep_threshold
 
 __all__ = ["MultiheadAttention"]
 
@@ -111,7 +109,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         if child is None:  # torch's constructor sets the rate before the child exists
             self.__dict__["_pending_dropout"] = p
         else:
-            child.p = child._check_rate(p)
+            child.p = p  # checked by the child when set
 
     def forward(
         self,
@@ -176,23 +174,23 @@ class MultiheadAttention(nn.MultiheadAttention):
             k = torch.cat([k, k.new_zeros(batch, heads, 1, head_dim)], dim=2)
             v = torch.cat([v, v.new_zeros(batch, heads, 1, head_dim)], dim=2)
             mask = None if mask is None else F.pad(mask, (0, 1))
-        words = batch * heads * length * k.shape[2]
-        # The one place the layer's stream is read: it reserves the words this call uses.
-        seed, offset = _position(*self.attn_dropout.take_stream(words), None, words)
+        # The one place the layer's stream is read; the draw reserves the words it uses.
+        stream = self.attn_dropout.stream()
         p = self.attn_dropout.p
         weights = None
         if need_weights:
             # torch returns the probabilities after dropout; they are the same words as below.
             scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim**-0.5
             probs = torch.softmax(scores if mask is None else scores + mask, dim=-1)
-            threshold, scale = keep_threshold(p), inverted_scale(p)
-            dropped = ops.dropout(probs.contiguous(), seed, offset, threshold, scale, "bits")
+            drop = self.attn_dropout
+            probs = probs.contiguous()
+            dropped = apply_dropout(probs, drop._threshold, drop._scale, (), stream, "bits", False)
             out = torch.matmul(dropped, v)
             weights = dropped.mean(dim=1) if average_attn_weights else dropped
             if not batched:
                 weights = weights.squeeze(0)
         else:
-            out = _sdpa(q, k, v, mask, p, False, None, False, seed, offset)
+            out = _sdpa(q, k, v, mask, p, False, None, False, stream)
         out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         if not batched:
