@@ -124,20 +124,30 @@ def check_mask_shape(shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[i
         (4, 1, 1)
     """
     ms = tuple(int(m) for m in mask_shape)
-    if len(ms) != len(shape) or any(m not in (1, s) for m, s in zip(ms, shape)):
-        raise ValueError(f"mask_shape {ms} must have the rank of {tuple(shape)} and each dim 1 or equal to it")
+    if len(ms) != len(shape) or any(m not in (1, s) for m, s in zip(ms, shape, strict=True)):
+        raise ValueError(f"mask_shape {ms} must have the rank of {tuple(shape)}, each dim 1 or equal to it")
     return ms
 
 
 def bcast_keep_mask(
-    mask_shape: Sequence[int], seed: int, offset: int, threshold: int, device: torch.device | str | None = None
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Bool keep-mask of shape ``mask_shape``: element ``j`` (row-major) is kept iff word ``j`` >= threshold."""
+    """Bool keep-mask of shape ``mask_shape``: element ``j`` (row-major) is kept iff word ``j`` >= t."""
     return keep_mask(math.prod(mask_shape), seed, offset, threshold, device).view(tuple(mask_shape))
 
 
 def _mask_from(
-    saved: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int, storage: str, device
+    saved: torch.Tensor,
+    mask_shape: tuple[int, ...],
+    seed: int,
+    offset: int,
+    threshold: int,
+    storage: str,
+    device: torch.device | str | None,
 ) -> torch.Tensor:
     n = math.prod(mask_shape)
     if storage == "bits":
@@ -225,7 +235,7 @@ def alpha_backward(
     a: float,
     storage: str,
 ) -> torch.Tensor:
-    """``grad_in = where(keep[broadcast], grad * a, +0.0)``: the scale-and-zero of :func:`bcast_dropout_backward`."""
+    """``grad_in = where(keep[broadcast], grad * a, +0.0)``, as :func:`bcast_dropout_backward`."""
     return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
 
 
@@ -251,7 +261,8 @@ def dropblock_mask(
     shape = tuple(shape)
     blocks = tuple(block_size)
     spatial = shape[2:]
-    seed_shape = (shape[0], 1 if shared_channels else shape[1], *(f - b + 1 for f, b in zip(spatial, blocks)))
+    valid = tuple(f - b + 1 for f, b in zip(spatial, blocks, strict=True))
+    seed_shape = (shape[0], 1 if shared_channels else shape[1], *valid)
     seeds = ~keep_mask(math.prod(seed_shape), seed, offset, threshold, device)
     seeds = seeds.view(seed_shape).to(torch.float32)
     pad = [s for b in reversed(blocks) for s in (b - 1, b - 1)]
@@ -318,7 +329,8 @@ def dropblock_backward(
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``; ``"seed"`` rebuilds the block mask."""
     ms = _dropblock_mask_shape(grad.shape, shared_channels)
     if storage == "seed":
-        keep, _ = dropblock_mask(grad.shape, block_size, seed, offset, threshold, shared_channels, grad.device)
+        shape = grad.shape
+        keep, _ = dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels, grad.device)
     else:
         keep = _mask_from(saved, ms, seed, offset, threshold, storage, grad.device)
     return _scale_zero(grad, keep, _dropblock_applied_scale(scale, grad.dtype))

@@ -370,7 +370,8 @@ def _bcast_apply(
     cols = [torch.tensor([t[k] for t in nest], dtype=torch.int64) for k in range(4)]
     _check(
         _lib.dk_bcast_apply(
-            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(), math.prod(mask_shape),
+            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
+            math.prod(mask_shape),
             len(nest), *(c_.data_ptr() for c_ in cols), scale, a, b, c, torch.get_num_threads(),
         )
     )
@@ -466,7 +467,7 @@ def bcast_dropout_backward(
     scale: float,
     storage: str,
 ) -> torch.Tensor:
-    """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the reduced mask from ``saved`` or regenerated.
+    """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or regenerated.
 
     Shape:
         grad: ``(*)``; output: same (``grad``'s memory format); saved as
@@ -578,7 +579,7 @@ def dropblock_mask(
     if _lib is None or dev.type != "cpu":
         return reference.dropblock_mask(shape, blocks, seed, offset, threshold, shared_channels, dev)
     if len(shape) - 2 != len(blocks) or len(blocks) not in (2, 3):
-        raise ValueError(f"shape {shape} and block_size {blocks} must be (N, C, *spatial) with 2 or 3 spatial dims")
+        raise ValueError(f"shape {shape} and block_size {blocks}: need (N, C, *spatial), 2 or 3 spatial dims")
     ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
     keep = torch.empty(ms, dtype=torch.bool)
     if keep.numel() == 0:
@@ -596,7 +597,12 @@ def dropblock_mask(
 
 
 def _dropblock_bits(
-    shape: Sequence[int], block_size: Sequence[int], seed: int, offset: int, threshold: int, shared_channels: bool
+    shape: Sequence[int],
+    block_size: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    shared_channels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     keep, kept = dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels)
     return keep, pack_mask(keep), kept
@@ -639,7 +645,8 @@ def dropblock_forward(
     y = torch.empty_like(x)
     if x.numel():
         _bcast_apply(_OP_SCALE, x, y, bits, ms, reference._dropblock_applied_scale(scale, x.dtype))
-    saved = bits if storage == "bits" else (keep.reshape(-1) if storage == "bool" else torch.empty(0, dtype=torch.uint8))
+    empty = torch.empty(0, dtype=torch.uint8)
+    saved = bits if storage == "bits" else (keep.reshape(-1) if storage == "bool" else empty)
     return y, saved, scale
 
 
