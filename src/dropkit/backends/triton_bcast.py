@@ -207,8 +207,8 @@ def dropblock_forward(
     """DropBlock on a batched ``x``: ``(y, saved, scale)``, as the CPU backend's ``dropblock_forward``."""
     if storage not in ("bits", "bool", "seed"):
         raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
-    shape = x.shape
-    keep, kept = reference.dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels, x.device)
+    shape, dev = x.shape, x.device
+    keep, kept = reference.dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels, dev)
     scale = reference.dropblock_scale(keep.numel(), kept)
     bits = tb.pack_mask(keep)
     y = _apply(_OP_SCALE, x, bits, tuple(keep.shape), (reference._dropblock_applied_scale(scale, x.dtype),))
