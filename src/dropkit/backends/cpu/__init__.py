@@ -573,27 +573,19 @@ def dropblock_mask(
         >>> torch.equal(keep, ref_keep) and kept == ref_kept
         True
     """
-    shape = tuple(int(s) for s in shape)
-    blocks = tuple(int(b) for b in block_size)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if _lib is None or dev.type != "cpu":
-        return reference.dropblock_mask(shape, blocks, seed, offset, threshold, shared_channels, dev)
-    if len(shape) - 2 != len(blocks) or len(blocks) not in (2, 3):
-        raise ValueError(f"shape {shape} and block_size {blocks}: need (N, C, *spatial), 2 or 3 spatial dims")
+        return reference.dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels, dev)
+    keep_bits, kept = _dropblock_bits(shape, block_size, seed, offset, threshold, shared_channels)
     ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
-    keep = torch.empty(ms, dtype=torch.bool)
-    if keep.numel() == 0:
-        return keep, 0
-    feat = torch.tensor(shape[2:], dtype=torch.int64)
-    blk = torch.tensor(blocks, dtype=torch.int64)
-    kept = ctypes.c_int64(0)
-    _check(
-        _lib.dk_dropblock_mask(
-            _isa_code, seed, offset, threshold, ms[0] * ms[1], len(blocks), feat.data_ptr(), blk.data_ptr(),
-            keep.data_ptr(), ctypes.addressof(kept), torch.get_num_threads(),
-        )
-    )
-    return keep, int(kept.value)
+    return _unpack(keep_bits, math.prod(ms)).view(ms), kept
+
+
+def _unpack(bits: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(n, dtype=torch.bool)
+    if n:
+        _run(0, None, None, bits.data_ptr(), None, None, out.data_ptr(), 0, 0, 0, 0.0, n)
+    return out
 
 
 def _dropblock_bits(
@@ -603,9 +595,27 @@ def _dropblock_bits(
     offset: int,
     threshold: int,
     shared_channels: bool,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    keep, kept = dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels)
-    return keep, pack_mask(keep), kept
+) -> tuple[torch.Tensor, int]:
+    """The packed block mask over ``(N, C or 1, *spatial)`` and its kept count."""
+    shape = tuple(int(s) for s in shape)
+    blocks = tuple(int(b) for b in block_size)
+    if len(shape) - 2 != len(blocks) or len(blocks) not in (2, 3):
+        raise ValueError(f"shape {shape} and block_size {blocks}: need (N, C, *spatial), 2 or 3 spatial dims")
+    ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
+    n = math.prod(ms)
+    bits = torch.zeros((n + 7) // 8, dtype=torch.uint8)
+    if n == 0:
+        return bits, 0
+    feat = torch.tensor(shape[2:], dtype=torch.int64)
+    blk = torch.tensor(blocks, dtype=torch.int64)
+    kept = ctypes.c_int64(0)
+    _check(
+        _lib.dk_dropblock_mask(
+            _isa_code, seed, offset, threshold, ms[0] * ms[1], len(blocks), feat.data_ptr(), blk.data_ptr(),
+            bits.data_ptr(), ctypes.addressof(kept), torch.get_num_threads(),
+        )
+    )
+    return bits, int(kept.value)
 
 
 def dropblock_forward(
@@ -640,13 +650,15 @@ def dropblock_forward(
     ms = reference._dropblock_mask_shape(x.shape, shared_channels)
     if not _native_ok(x, ms):
         return reference.dropblock_forward(x, block_size, seed, offset, threshold, shared_channels, storage)
-    keep, bits, kept = _dropblock_bits(x.shape, block_size, seed, offset, threshold, shared_channels)
-    scale = reference.dropblock_scale(keep.numel(), kept)
+    bits, kept = _dropblock_bits(x.shape, block_size, seed, offset, threshold, shared_channels)
+    scale = reference.dropblock_scale(math.prod(ms), kept)
     y = torch.empty_like(x)
     if x.numel():
         _bcast_apply(_OP_SCALE, x, y, bits, ms, reference._dropblock_applied_scale(scale, x.dtype))
-    empty = torch.empty(0, dtype=torch.uint8)
-    saved = bits if storage == "bits" else (keep.reshape(-1) if storage == "bool" else empty)
+    if storage == "bits":
+        saved = bits
+    else:
+        saved = _unpack(bits, math.prod(ms)) if storage == "bool" else torch.empty(0, dtype=torch.uint8)
     return y, saved, scale
 
 
@@ -678,7 +690,7 @@ def dropblock_backward(
             grad, saved, block_size, seed, offset, threshold, shared_channels, scale, storage
         )
     if storage == "seed":
-        _, bits, _ = _dropblock_bits(grad.shape, block_size, seed, offset, threshold, shared_channels)
+        bits, _ = _dropblock_bits(grad.shape, block_size, seed, offset, threshold, shared_channels)
     else:
         bits = _bits_of_saved(saved, math.prod(ms), seed, offset, threshold, storage)
     out = torch.empty_like(grad)

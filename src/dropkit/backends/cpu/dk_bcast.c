@@ -189,7 +189,8 @@ typedef struct {
     uint64_t nplanes;
     int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
     uint64_t vplane, fplane;             /* seed words and mask elements per plane */
-    uint8_t *keep;
+    uint8_t *keep;  /* packed bits, zeroed by the caller */
+    uint64_t unit;  /* planes per thread are a multiple of this: each thread's bits start on a byte */
     int64_t kept[DK_MAX_THREADS];
     int nt, failed[DK_MAX_THREADS];
 } db_job;
@@ -211,7 +212,8 @@ static void dilate(const uint8_t *in, uint8_t *out, int64_t outer, int64_t len, 
 
 static void dropblock_part(void *ctx, int k) {
     db_job *J = ctx;
-    uint64_t per = (J->nplanes + (uint64_t)J->nt - 1) / (uint64_t)J->nt;
+    uint64_t units = (J->nplanes + J->unit - 1) / J->unit;
+    uint64_t per = (units + (uint64_t)J->nt - 1) / (uint64_t)J->nt * J->unit;
     uint64_t lo = per * (uint64_t)k, hi = lo + per;
     if (hi > J->nplanes) hi = J->nplanes;
     J->kept[k] = 0;
@@ -247,11 +249,11 @@ static void dropblock_part(void *ctx, int k) {
         dilate(b, a, s0, s1, s2, J->block[1]);
         s1 = J->feat[1];
         dilate(a, b, s0 * s1, s2, 1, J->block[2]);
-        uint8_t *out = J->keep + p * J->fplane;
+        uint64_t pos = p * J->fplane;
         int64_t dropped = 0;
-        for (size_t i = 0; i < fsz; i++) {
+        for (size_t i = 0; i < fsz; i++, pos++) {
             dropped += b[i];
-            out[i] = (uint8_t)(b[i] ^ 1u);
+            J->keep[pos >> 3] |= (uint8_t)((b[i] ^ 1u) << (pos & 7));
         }
         kept += (int64_t)fsz - dropped;
     }
@@ -265,7 +267,8 @@ static void dropblock_part(void *ctx, int k) {
  * (each at most its feat): plane p's seed grid, of valid[d] = feat[d] - block[d] + 1 per dim,
  * uses stream words p * prod(valid) + (row-major position); a position is a seed iff its word
  * is < threshold, and mask element y is dropped iff a seed lies in [y - b + 1, y] on every
- * axis. Writes keep[] (1 = kept, nplanes * prod(feat) bytes) and *kept_out (the kept count).
+ * axis. ORs the packed keep bits into keep[] (bit i of byte i / 8 for mask element i; the
+ * caller zeroes it: ceil(nplanes * prod(feat) / 8) bytes) and writes *kept_out (the kept count).
  * Returns 0, or -1 (ISA), -3 (threshold above 2^32), -5 (bad sizes), -6 (out of memory). */
 int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nplanes, int nsp,
                       const int64_t *feat, const int64_t *block, uint8_t *keep, int64_t *kept_out, int nthreads) {
@@ -304,8 +307,11 @@ int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshol
     J->stream.offset = offset;
     J->stream.keep_all = threshold == 0;
     J->stream.tm1 = (uint32_t)(threshold - 1);
+    J->unit = 8;
+    while (J->unit > 1 && (J->unit / 2 * J->fplane) % 8 == 0) J->unit /= 2;
     J->nt = thread_count(nplanes * J->fplane, nthreads);
-    if ((uint64_t)J->nt > nplanes) J->nt = nplanes ? (int)nplanes : 1;
+    uint64_t units = (nplanes + J->unit - 1) / J->unit;
+    if ((uint64_t)J->nt > units) J->nt = units ? (int)units : 1;
     dk_parallel(J->nt, dropblock_part, J);
     int64_t kept = 0;
     for (int k = 0; k < J->nt; k++) {
