@@ -13,6 +13,11 @@ int dk_isa_available(int isa);
 int dk_range(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, const uint8_t *bool_in,
              uint8_t *bits_out, uint8_t *bool_out, uint64_t seed, uint64_t offset, uint64_t threshold,
              double scale, uint64_t index0, uint64_t n);
+int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uint8_t *bits, uint64_t nbits, int nd,
+                   const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
+                   double scale, double a, double b, double c, int nthreads);
+int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nplanes, int nsp,
+                      const int64_t *feat, const int64_t *block, uint8_t *keep, int64_t *kept_out, int nthreads);
 
 static uint64_t state = 0x9E3779B97F4A7C15ull;
 static uint64_t next(void) { /* splitmix64: test inputs only */
@@ -20,6 +25,55 @@ static uint64_t next(void) { /* splitmix64: test inputs only */
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+/* Broadcast apply (scale-and-zero and alpha) and DropBlock masks of path `isa` against the
+ * portable path: (A, B, C) tensors whose mask varies over a random subset of the three dims. */
+static int check_bcast(int isa, const char *name) {
+    enum { A = 5, B = 37, C = 29 };
+    static const size_t esz[5] = {0, 4, 8, 2, 2};
+    static uint8_t x[A * B * C * 8], y_ref[A * B * C * 8], y[A * B * C * 8], bits[A * B * C / 8 + 1];
+    static uint8_t k_ref[4096], k[4096];
+    int failures = 0;
+    long cases = 0;
+    for (int trial = 0; trial < 96; trial++) {
+        int dtype = 1 + trial % 4, op = (trial / 4) % 2, shared = (trial / 8) % 8;
+        int64_t sizes[3] = {A, B, C}, xs[3] = {B * C, C, 1}, ms[3];
+        int64_t m = 1;
+        for (int d = 2; d >= 0; d--) {
+            ms[d] = (shared >> d) & 1 ? 0 : m;
+            m *= (shared >> d) & 1 ? 1 : sizes[d];
+        }
+        for (size_t i = 0; i < sizeof x; i++) x[i] = (uint8_t)next();
+        for (size_t i = 0; i < sizeof bits; i++) bits[i] = (uint8_t)next();
+        memset(y_ref, 0xAB, sizeof y_ref);
+        memset(y, 0xCD, sizeof y);
+        double s = 1.0 / 0.7, a = 1.2, b = -0.3, c = 0.9;
+        if (dk_bcast_apply(0, op, dtype, x, y_ref, bits, (uint64_t)m, 3, sizes, xs, xs, ms, s, a, b, c, 1) ||
+            dk_bcast_apply(isa, op, dtype, x, y, bits, (uint64_t)m, 3, sizes, xs, xs, ms, s, a, b, c, 1)) {
+            printf("%s: dk_bcast_apply refused a valid call\n", name);
+            return 1;
+        }
+        if (memcmp(y_ref, y, (size_t)(A * B * C) * esz[dtype])) {
+            printf("%s: bcast mismatch (dtype %d, op %d, shared %d)\n", name, dtype, op, shared);
+            failures++;
+        }
+        int64_t feat[2] = {7 + trial % 9, 5 + trial % 11}, block[2] = {1 + trial % 7, 1 + trial % 5}, kr, kk;
+        if (block[0] > feat[0]) block[0] = feat[0];
+        if (block[1] > feat[1]) block[1] = feat[1];
+        memset(k_ref, 0, sizeof k_ref);
+        memset(k, 0, sizeof k);
+        uint64_t seed = next(), offset = next(), thr = 1 + next() % 0x40000000u;
+        if (dk_dropblock_mask(0, seed, offset, thr, 9, 2, feat, block, k_ref, &kr, 1) ||
+            dk_dropblock_mask(isa, seed, offset, thr, 9, 2, feat, block, k, &kk, 2) || kr != kk ||
+            memcmp(k_ref, k, sizeof k)) {
+            printf("%s: dropblock mismatch (trial %d)\n", name, trial);
+            failures++;
+        }
+        cases++;
+    }
+    printf("%s: %ld broadcast and DropBlock cases checked against the portable path\n", name, cases);
+    return failures;
 }
 
 int main(void) {
@@ -57,6 +111,7 @@ int main(void) {
             cases++;
         }
         printf("%s: %ld cases checked against the portable path\n", names[isa], cases);
+        failures += check_bcast(isa, names[isa]);
     }
     return failures ? 1 : 0;
 }

@@ -19,7 +19,7 @@ import torch
 
 from dropkit import ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
-from dropkit.functional._noise import opmath, zeros_with_grad
+from dropkit.functional._noise import zeros_with_grad
 from dropkit.rng import keep_threshold
 
 __all__ = [
@@ -65,14 +65,9 @@ def apply_alpha(
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
-        numel = math.prod(mask_shape)
-        seed, offset = stream.take(numel)
-        keep = ops.keep_mask(numel, seed, offset, keep_threshold(p), input.device)
+        seed, offset = stream.take(math.prod(mask_shape))
         a, b, alpha_p = alpha_affine(p)
-        dt = opmath(input)
-        x = input.to(dt)
-        y = torch.where(keep.view(mask_shape), x * a + b, torch.tensor(a * alpha_p + b, dtype=dt))
-        y = y.to(input.dtype)
+        y = ops.alpha(input, mask_shape, seed, offset, keep_threshold(p), a, b, a * alpha_p + b, "bits")
     return input.copy_(y) if inplace else y
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from dropkit import ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
@@ -107,20 +106,11 @@ def apply_drop_block(
     blocks = tuple(min(b, f) for b, f in zip(blocks, spatial, strict=True))
     seed_shape = dropblock_seed_shape(tuple(x.shape), blocks, shared_channels)
     gamma = dropblock_gamma(p, blocks, spatial)
-    numel = math.prod(seed_shape)
-    seed, offset = stream.take(numel)
-    # keep_mask is True where the word is >= threshold, so its complement marks the seeds.
-    seeds = ~ops.keep_mask(numel, seed, offset, keep_threshold(gamma), x.device)
-    seeds = seeds.view(seed_shape).to(torch.float32)
-    # Padding b - 1 zeros on both sides and max-pooling with a b-wide window makes output
-    # position y the OR of the seeds at y - b + 1 .. y, i.e. of every block covering y.
-    pad = [s for b in reversed(blocks) for s in (b - 1, b - 1)]
-    pool = F.max_pool2d if dims == 2 else F.max_pool3d
-    dropped = pool(F.pad(seeds, pad), kernel_size=blocks, stride=1)
-    keep = 1.0 - dropped
-    count, kept = keep.numel(), keep.sum()
-    scale = torch.where(kept > 0, count / kept.clamp(min=1.0), torch.zeros(()))
-    y = torch.where(keep.bool(), x * scale.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+    seed, offset = stream.take(math.prod(seed_shape))
+    # One pass (dropkit.ops): the block mask from the seed grid (a word below the threshold is a
+    # seed; position y is dropped iff a seed lies at y - b + 1 .. y on every axis), its kept count
+    # from one reduction over the reduced mask, then y = where(keep, x * count / kept, 0).
+    y = ops.drop_block(x, blocks, seed, offset, keep_threshold(gamma), shared_channels, "bits")
     y = y.view(input.shape)
     return input.copy_(y) if inplace else y
 

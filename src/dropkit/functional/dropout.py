@@ -107,11 +107,9 @@ def apply_dropout(
         shape = mask_shape(input.shape, dims)
         numel = math.prod(shape)
         if numel != input.numel():
+            # One pass over the full tensor with the reduced mask; backward keeps its bits.
             seed, offset = stream.take(numel)
-            keep = ops.keep_mask(numel, seed, offset, threshold, input.device).view(shape)
-            opmath = ops.opmath_dtype(input.dtype)
-            scaled = input.to(opmath) * torch.tensor(scale, dtype=opmath, device=input.device)
-            y = torch.where(keep, scaled, torch.zeros((), dtype=opmath, device=input.device)).to(input.dtype)
+            y = ops.bcast_dropout(input, shape, seed, offset, threshold, scale, mask_storage)
             return input.copy_(y) if inplace else y
     seed, offset = stream.take(input.numel())
     if not (input.requires_grad and torch.is_grad_enabled()):

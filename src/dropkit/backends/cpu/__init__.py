@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from dropkit.backends._shared import (
+    check_mask_shape,
+    dropblock_applied_scale,
+    dropblock_mask_shape,
+    dropblock_scale,
+)
 
 __all__ = [
     "POSITION",
@@ -34,6 +43,14 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "run_range",
+    "bcast_dropout_forward",
+    "bcast_dropout_backward",
+    "alpha_forward",
+    "alpha_backward",
+    "dropblock_mask",
+    "dropblock_forward",
+    "dropblock_backward",
+    "supports_layout",
 ]
 
 # Stream positions arrive as Python ints; dropkit.ops sends other dtypes to the reference backend.
@@ -41,7 +58,16 @@ POSITION = "host"
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _DTYPES = {torch.float32: 1, torch.float64: 2, torch.bfloat16: 3, torch.float16: 4}
 DTYPES = frozenset(_DTYPES)
-_ERRORS = {-1: "ISA not available", -2: "bad dtype", -3: "threshold above 2**32", -4: "unaligned index"}
+_ERRORS = {
+    -1: "ISA not available",
+    -2: "bad dtype",
+    -3: "threshold above 2**32",
+    -4: "unaligned index",
+    -5: "bad sizes",
+    -6: "out of memory",
+}
+_OP_SCALE, _OP_ALPHA = 0, 1
+_MAX_DIMS = 8
 
 _ptr, _u64, _int = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
 _COMMON_ARGS = [_int, _int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _u64, _u64, _u64, ctypes.c_double]
@@ -62,6 +88,10 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     lib.dk_run.argtypes = [*_COMMON_ARGS, _u64, _int]
     lib.dk_range.argtypes = [*_COMMON_ARGS, _u64, _u64]
     lib.dk_isa_available.argtypes = [_int]
+    _dbl = ctypes.c_double
+    lib.dk_bcast_apply.argtypes = [_int, _int, _int, _ptr, _ptr, _ptr, _u64, _int, _ptr, _ptr, _ptr, _ptr,
+                                   _dbl, _dbl, _dbl, _dbl, _int]
+    lib.dk_dropblock_mask.argtypes = [_int, _u64, _u64, _u64, _u64, _int, _ptr, _ptr, _ptr, _ptr, _int]
     return lib, None
 
 
@@ -319,4 +349,380 @@ def dropout_backward(
                            None, seed, offset, threshold, scale, n, torch.get_num_threads())
         if code:
             _check(code)
+    return out
+
+
+# ---- masks with broadcast dimensions ----
+
+
+def _loop_nest(
+    shape: Sequence[int], x_strides: Sequence[int], y_strides: Sequence[int], mask_shape: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
+    """The (size, x stride, y stride, mask stride) dims the C kernel iterates, outermost first.
+
+    Dims of size 1 are dropped, the rest ordered by the output's strides (memory order, so
+    channels_last runs over memory once), and neighbours merged where all three strides allow;
+    the mask strides are the row-major strides of ``mask_shape``, 0 on its broadcast dims.
+    """
+    m_strides, acc = [0] * len(mask_shape), 1
+    for d in reversed(range(len(mask_shape))):
+        m_strides[d] = acc if mask_shape[d] != 1 else 0
+        acc *= mask_shape[d]
+    dims = [(shape[d], x_strides[d], y_strides[d], m_strides[d]) for d in range(len(shape)) if shape[d] != 1]
+    dims.sort(key=lambda t: -abs(t[2]))  # stable: equal strides keep their logical order
+    merged: list[tuple[int, int, int, int]] = []
+    for size, xs, ys, ms in dims:
+        if merged:
+            psize, pxs, pys, pms = merged[-1]
+            if pxs == xs * size and pys == ys * size and pms == ms * size:
+                merged[-1] = (psize * size, xs, ys, ms)
+                continue
+        merged.append((size, xs, ys, ms))
+    if len(merged) > _MAX_DIMS:  # supports_layout() said no: dropkit.ops used the reference backend
+        raise ValueError(f"more than {_MAX_DIMS} non-mergeable dims")
+    return merged or [(1, 1, 1, 0)]
+
+
+def _bcast_apply(
+    op: int, x: torch.Tensor, y: torch.Tensor, bits: torch.Tensor, mask_shape: tuple[int, ...],
+    scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
+) -> None:
+    nest = _loop_nest(x.shape, x.stride(), y.stride(), mask_shape)
+    cols = [torch.tensor([t[k] for t in nest], dtype=torch.int64) for k in range(4)]
+    _check(
+        _lib.dk_bcast_apply(
+            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
+            math.prod(mask_shape),
+            len(nest), *(c_.data_ptr() for c_ in cols), scale, a, b, c, torch.get_num_threads(),
+        )
+    )
+
+
+def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
+    """Whether the broadcast kernels take ``x`` as it is (at most 8 dims that are not 1).
+
+    :mod:`dropkit.ops` sends any other tensor to the reference backend.
+
+    Example:
+        >>> supports_layout(torch.ones(2, 3, 4), (2, 1, 1))
+        True
+    """
+    return _lib is not None and x.dtype in _DTYPES and sum(1 for s in x.shape if s != 1) <= _MAX_DIMS
+
+
+def _require_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> None:
+    if not supports_layout(x, mask_shape):
+        raise ValueError(f"the native broadcast kernels take at most {_MAX_DIMS} dims of size > 1 and "
+                         f"dtypes {sorted(map(str, _DTYPES))}; got {tuple(x.shape)} {x.dtype}")
+
+
+def _mask_bits(
+    n: int, seed: int, offset: int, threshold: int, bools: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The packed keep-mask of ``n`` stream words (and, if given, the same mask as bools)."""
+    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
+    if n:
+        out_b = bools.data_ptr() if bools is not None else None
+        _run(0, None, None, None, None, bits.data_ptr(), out_b, seed, offset, threshold, 0.0, n)
+    return bits
+
+
+def _bits_of_saved(
+    saved: torch.Tensor, n: int, seed: int, offset: int, threshold: int, storage: str
+) -> torch.Tensor:
+    if storage == "bits":
+        return saved.reshape(-1).contiguous()
+    if storage == "bool":
+        return pack_mask(saved)
+    if storage == "seed":
+        return _mask_bits(n, seed, offset, threshold)
+    raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
+
+
+def _forward_masked(
+    op: int, x: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int,
+    storage: str, scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if storage not in ("bits", "bool", "seed"):
+        raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
+    n = math.prod(mask_shape)
+    bools = torch.empty(n, dtype=torch.bool) if storage == "bool" else None
+    bits = _mask_bits(n, seed, offset, threshold, bools)
+    y = torch.empty_like(x)
+    if x.numel():
+        _bcast_apply(op, x, y, bits, mask_shape, scale, a, b, c)
+    saved = bits if storage == "bits" else (bools if storage == "bool" else torch.empty(0, dtype=torch.uint8))
+    return y, saved
+
+
+def bcast_dropout_forward(
+    x: torch.Tensor,
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    scale: float,
+    storage: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = where(keep[broadcast], x * scale, +0.0)`` in one pass over ``x``, mask drawn over ``mask_shape``.
+
+    ``mask_shape`` has ``x``'s rank, each dim equal to ``x``'s or 1; mask element ``j``
+    (row-major over ``mask_shape``) uses stream word ``j``, as :func:`keep_mask` of
+    ``prod(mask_shape)`` words. The product is rounded as :func:`dropout_forward` rounds it.
+    Any strides are read in place; ``y`` keeps ``x``'s memory format (``empty_like``).
+
+    Shape:
+        x: ``(*)``; y: same; saved: the reduced mask of ``M = prod(mask_shape)`` elements,
+        ``(ceil(M / 8),)`` uint8 ("bits"), ``(M,)`` bool ("bool") or ``(0,)`` uint8 ("seed").
+
+    Example:
+        >>> x = torch.ones(4, 3, 5)
+        >>> y, bits = bcast_dropout_forward(x, (4, 1, 1), 0, 0, 2**31, 2.0, "bits")
+        >>> from dropkit.backends import reference
+        >>> torch.equal(y, reference.bcast_dropout_forward(x, (4, 1, 1), 0, 0, 2**31, 2.0, "bits")[0])
+        True
+    """
+    ms = check_mask_shape(x.shape, mask_shape)
+    _require_layout(x, ms)
+    if ms == tuple(x.shape) and x.is_contiguous():
+        return dropout_forward(x, seed, offset, threshold, scale, storage)
+    return _forward_masked(_OP_SCALE, x, ms, seed, offset, threshold, storage, scale)
+
+
+def bcast_dropout_backward(
+    grad: torch.Tensor,
+    saved: torch.Tensor,
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    scale: float,
+    storage: str,
+) -> torch.Tensor:
+    """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or regenerated.
+
+    Shape:
+        grad: ``(*)``; output: same (``grad``'s memory format); saved as
+        :func:`bcast_dropout_forward` gives it.
+
+    Example:
+        >>> g = torch.ones(4, 3, 5)
+        >>> _, bits = bcast_dropout_forward(g, (1, 3, 5), 0, 0, 2**31, 2.0, "bits")
+        >>> torch.equal(bcast_dropout_backward(g, bits, (1, 3, 5), 0, 0, 2**31, 2.0, "bits"),
+        ...             bcast_dropout_backward(g, bits, (1, 3, 5), 0, 0, 2**31, 2.0, "seed"))
+        True
+    """
+    ms = check_mask_shape(grad.shape, mask_shape)
+    _require_layout(grad, ms)
+    if ms == tuple(grad.shape) and grad.is_contiguous():
+        return dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
+    bits = _bits_of_saved(saved, math.prod(ms), seed, offset, threshold, storage)
+    out = torch.empty_like(grad)
+    if grad.numel():
+        _bcast_apply(_OP_SCALE, grad, out, bits, ms, scale)
+    return out
+
+
+def alpha_forward(
+    x: torch.Tensor,
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    a: float,
+    b: float,
+    fill: float,
+    storage: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha dropout in one pass: ``y = where(keep[broadcast], x * a + b, fill)``.
+
+    ``a``, ``b`` and ``fill`` (``a * alpha' + b``) are rounded to float32 (float64 for float64
+    tensors); ``x * a`` and ``+ b`` are each rounded in that precision (no fused multiply-add)
+    and the result once to ``x``'s dtype. The mask is that of :func:`bcast_dropout_forward`
+    (``mask_shape == x.shape`` for AlphaDropout, ``(N, C, 1, ...)`` for FeatureAlphaDropout).
+
+    Shape:
+        x: ``(*)``; y: same; saved: as :func:`bcast_dropout_forward`.
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> x = torch.ones(2, 3, 4)
+        >>> y, _ = alpha_forward(x, (2, 3, 1), 1, 0, 2**31, 2.0, 0.5, -1.0, "seed")
+        >>> torch.equal(y, reference.alpha_forward(x, (2, 3, 1), 1, 0, 2**31, 2.0, 0.5, -1.0, "seed")[0])
+        True
+    """
+    ms = check_mask_shape(x.shape, mask_shape)
+    _require_layout(x, ms)
+    return _forward_masked(_OP_ALPHA, x, ms, seed, offset, threshold, storage, 0.0, a, b, fill)
+
+
+def alpha_backward(
+    grad: torch.Tensor,
+    saved: torch.Tensor,
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    a: float,
+    storage: str,
+) -> torch.Tensor:
+    """Alpha dropout's gradient ``where(keep[broadcast], grad * a, +0.0)`` (rounded as dropout's).
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> g = torch.ones(2, 3, 4)
+        >>> torch.equal(alpha_backward(g, torch.empty(0), (2, 3, 1), 1, 0, 2**31, 2.0, "seed"),
+        ...             reference.alpha_backward(g, torch.empty(0), (2, 3, 1), 1, 0, 2**31, 2.0, "seed"))
+        True
+    """
+    return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
+
+
+# ---- DropBlock ----
+
+
+def dropblock_mask(
+    shape: Sequence[int],
+    block_size: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    shared_channels: bool = False,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, int]:
+    """DropBlock's keep-mask over ``(N, C or 1, *spatial)`` and its kept count, in one threaded pass.
+
+    ``block_size`` is clipped to the map already; seed word ``k`` is element ``k`` of the seed
+    grid ``(N, C or 1, f - b + 1, ...)``, a seed iff the word is below ``threshold``; position
+    ``y`` is dropped iff a seed lies at ``y - b + 1 .. y`` along every spatial axis.
+
+    Shape:
+        shape: ``(N, C, H, W)`` or ``(N, C, D, H, W)``; output: bool ``(N, C or 1, *spatial)``.
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> keep, kept = dropblock_mask((2, 3, 8, 8), (3, 3), 0, 0, 2**28)
+        >>> ref_keep, ref_kept = reference.dropblock_mask((2, 3, 8, 8), (3, 3), 0, 0, 2**28)
+        >>> torch.equal(keep, ref_keep) and kept == ref_kept
+        True
+    """
+    if _lib is None:
+        raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
+    keep_bits, kept = _dropblock_bits(shape, block_size, seed, offset, threshold, shared_channels)
+    ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
+    return _unpack(keep_bits, math.prod(ms)).view(ms), kept
+
+
+def _unpack(bits: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(n, dtype=torch.bool)
+    if n:
+        _run(0, None, None, bits.data_ptr(), None, None, out.data_ptr(), 0, 0, 0, 0.0, n)
+    return out
+
+
+def _dropblock_bits(
+    shape: Sequence[int],
+    block_size: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    shared_channels: bool,
+) -> tuple[torch.Tensor, int]:
+    """The packed block mask over ``(N, C or 1, *spatial)`` and its kept count."""
+    shape = tuple(int(s) for s in shape)
+    blocks = tuple(int(b) for b in block_size)
+    if len(shape) - 2 != len(blocks) or len(blocks) not in (2, 3):
+        raise ValueError(f"shape {shape} and block_size {blocks}: need (N, C, *spatial), 2 or 3 spatial dims")
+    ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
+    n = math.prod(ms)
+    bits = torch.zeros((n + 7) // 8, dtype=torch.uint8)
+    if n == 0:
+        return bits, 0
+    feat = torch.tensor(shape[2:], dtype=torch.int64)
+    blk = torch.tensor(blocks, dtype=torch.int64)
+    kept = ctypes.c_int64(0)
+    _check(
+        _lib.dk_dropblock_mask(
+            _isa_code, seed, offset, threshold, ms[0] * ms[1], len(blocks), feat.data_ptr(), blk.data_ptr(),
+            bits.data_ptr(), ctypes.addressof(kept), torch.get_num_threads(),
+        )
+    )
+    return bits, int(kept.value)
+
+
+def dropblock_forward(
+    x: torch.Tensor,
+    block_size: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    shared_channels: bool,
+    storage: str,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """DropBlock on a batched ``x`` (N, C, *spatial) in one pass: ``(y, saved, scale)``.
+
+    The block mask comes from :func:`dropblock_mask`, ``scale`` =
+    :func:`dropkit.backends.reference.dropblock_scale` (count of mask elements over kept ones, in
+    float32; 0 when nothing is kept) from the mask's count, and
+    ``y = where(keep[broadcast], x * scale, +0.0)`` with ``scale`` rounded to ``x``'s dtype and
+    the product rounded once. ``threshold`` is ``keep_threshold(gamma)``.
+
+    Shape:
+        x: ``(N, C, *spatial)``; y: same; saved: the block mask ``(N, C or 1, *spatial)`` as
+        bits, bools or nothing ("seed": rebuilt in backward).
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> x = torch.ones(2, 3, 8, 8)
+        >>> y, bits, scale = dropblock_forward(x, (3, 3), 0, 0, 2**28, False, "bits")
+        >>> torch.equal(y, reference.dropblock_forward(x, (3, 3), 0, 0, 2**28, False, "bits")[0])
+        True
+    """
+    if storage not in ("bits", "bool", "seed"):
+        raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
+    ms = dropblock_mask_shape(x.shape, shared_channels)
+    _require_layout(x, ms)
+    bits, kept = _dropblock_bits(x.shape, block_size, seed, offset, threshold, shared_channels)
+    scale = dropblock_scale(math.prod(ms), kept)
+    y = torch.empty_like(x)
+    if x.numel():
+        _bcast_apply(_OP_SCALE, x, y, bits, ms, dropblock_applied_scale(scale, x.dtype))
+    if storage == "bits":
+        saved = bits
+    else:
+        saved = _unpack(bits, math.prod(ms)) if storage == "bool" else torch.empty(0, dtype=torch.uint8)
+    return y, saved, scale
+
+
+def dropblock_backward(
+    grad: torch.Tensor,
+    saved: torch.Tensor,
+    block_size: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    shared_channels: bool,
+    scale: float,
+    storage: str,
+) -> torch.Tensor:
+    """DropBlock's gradient ``where(keep[broadcast], grad * scale, +0.0)``; "seed" rebuilds the mask.
+
+    ``scale`` is the float :func:`dropblock_forward` returned.
+
+    Example:
+        >>> g = torch.ones(2, 3, 8, 8)
+        >>> _, bits, s = dropblock_forward(g, (3, 3), 0, 0, 2**28, False, "bits")
+        >>> torch.equal(dropblock_backward(g, bits, (3, 3), 0, 0, 2**28, False, s, "bits"),
+        ...             dropblock_backward(g, bits, (3, 3), 0, 0, 2**28, False, s, "seed"))
+        True
+    """
+    ms = dropblock_mask_shape(grad.shape, shared_channels)
+    _require_layout(grad, ms)
+    if storage == "seed":
+        bits, _ = _dropblock_bits(grad.shape, block_size, seed, offset, threshold, shared_channels)
+    else:
+        bits = _bits_of_saved(saved, math.prod(ms), seed, offset, threshold, storage)
+    out = torch.empty_like(grad)
+    if grad.numel():
+        _bcast_apply(_OP_SCALE, grad, out, bits, ms, dropblock_applied_scale(scale, grad.dtype))
     return out

@@ -132,7 +132,9 @@ static void apply_f16(const void *xv, void *yv, const uint64_t *masks, size_t n,
     finish_tail(DK_F16, xv, yv, masks, i, n, scale, 2);
 }
 
-const dk_isa_ops dk_ops_avx2 = {gen_avx2, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}};
+DK_DEFINE_ALPHA(avx2)
+
+const dk_isa_ops dk_ops_avx2 = {gen_avx2, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}, DK_ALPHA_TABLE(avx2)};
 
 #if defined(__clang__)
 #pragma clang attribute pop

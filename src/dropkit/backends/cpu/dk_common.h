@@ -41,10 +41,23 @@ typedef void (*dk_gen_fn)(const dk_stream *s, uint64_t chunk, size_t nchunks, ui
  * float64), rounded once to the element type. */
 typedef void (*dk_apply_fn)(const void *x, void *y, const uint64_t *masks, size_t n, double scale);
 
+/* The affine replacement of alpha dropout: y[i] = bit i of masks ? x[i] * a + b : c, with a, b
+ * and c rounded to float32 (float64 for float64), the product and the sum each rounded in that
+ * precision (no fused multiply-add), and the result rounded once to the element type. */
+typedef void (*dk_alpha_fn)(const void *x, void *y, const uint64_t *masks, size_t n, double a, double b,
+                            double c);
+
 typedef struct {
     dk_gen_fn gen;
     dk_apply_fn apply[5]; /* indexed by DK_F32 .. DK_F16 */
+    dk_alpha_fn alpha[5];
 } dk_isa_ops;
+
+/* The ops of path `isa`, or NULL when this build or CPU cannot run it (dk_cpu.c). */
+const dk_isa_ops *dk_isa_lookup(int isa);
+/* Run fn(ctx, k) for k = 0 .. nt - 1 on nt threads (OpenMP's when built with it), the caller
+ * included (dk_cpu.c). */
+void dk_parallel(int nt, void (*fn)(void *ctx, int k), void *ctx);
 
 extern const dk_isa_ops dk_ops_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
@@ -116,5 +129,68 @@ static inline uint16_t dk_f32_to_half(float f) {
     float t = dk_f32_from_bits(a) * 0x1p24f + 0x1p23f;
     return sign | (uint16_t)(dk_bits_from_f32(t) - 0x4B000000u);
 }
+
+/* The alpha apply functions for all four dtypes, written as plain loops over 64-element chunks
+ * so that each ISA file, compiling them under its own target pragma, gets them vectorized by the
+ * compiler. `S` is a name suffix; DK_ALPHA_TABLE(S) lists them in dk_isa_ops order. */
+#define DK_DEFINE_ALPHA(S)                                                                              \
+    static void alpha_f32_##S(const void *xv, void *yv, const uint64_t *masks, size_t n, double a,    \
+                              double b, double c) {                                                    \
+        const float *x = xv;                                                                           \
+        float *y = yv;                                                                                 \
+        const float fa = (float)a, fb = (float)b, fc = (float)c;                                       \
+        for (size_t q = 0; q * DK_CHUNK < n; q++) {                                                    \
+            const uint64_t m = masks[q];                                                               \
+            const size_t e = n - q * DK_CHUNK < DK_CHUNK ? n - q * DK_CHUNK : DK_CHUNK;                \
+            const float *xq = x + q * DK_CHUNK;                                                        \
+            float *yq = y + q * DK_CHUNK;                                                              \
+            for (size_t j = 0; j < e; j++) {                                                           \
+                float v = xq[j] * fa;                                                                  \
+                v = v + fb;                                                                            \
+                yq[j] = ((m >> j) & 1u) ? v : fc;                                                      \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+    static void alpha_f64_##S(const void *xv, void *yv, const uint64_t *masks, size_t n, double a,    \
+                              double b, double c) {                                                    \
+        const double *x = xv;                                                                          \
+        double *y = yv;                                                                                \
+        for (size_t q = 0; q * DK_CHUNK < n; q++) {                                                    \
+            const uint64_t m = masks[q];                                                               \
+            const size_t e = n - q * DK_CHUNK < DK_CHUNK ? n - q * DK_CHUNK : DK_CHUNK;                \
+            const double *xq = x + q * DK_CHUNK;                                                       \
+            double *yq = y + q * DK_CHUNK;                                                             \
+            for (size_t j = 0; j < e; j++) {                                                           \
+                double v = xq[j] * a;                                                                  \
+                v = v + b;                                                                             \
+                yq[j] = ((m >> j) & 1u) ? v : c;                                                       \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+    static void alpha_bf16_##S(const void *xv, void *yv, const uint64_t *masks, size_t n, double a,   \
+                               double b, double c) {                                                   \
+        const uint16_t *x = xv;                                                                        \
+        uint16_t *y = yv;                                                                              \
+        const float fa = (float)a, fb = (float)b;                                                      \
+        const uint16_t hc = dk_f32_to_bf16((float)c);                                                  \
+        for (size_t i = 0; i < n; i++) {                                                               \
+            float v = dk_f32_from_bits((uint32_t)x[i] << 16) * fa;                                     \
+            v = v + fb;                                                                                \
+            y[i] = ((masks[i >> 6] >> (i & 63)) & 1u) ? dk_f32_to_bf16(v) : hc;                        \
+        }                                                                                              \
+    }                                                                                                  \
+    static void alpha_f16_##S(const void *xv, void *yv, const uint64_t *masks, size_t n, double a,    \
+                              double b, double c) {                                                    \
+        const uint16_t *x = xv;                                                                        \
+        uint16_t *y = yv;                                                                              \
+        const float fa = (float)a, fb = (float)b;                                                      \
+        const uint16_t hc = dk_f32_to_half((float)c);                                                  \
+        for (size_t i = 0; i < n; i++) {                                                               \
+            float v = dk_half_to_f32(x[i]) * fa;                                                       \
+            v = v + fb;                                                                                \
+            y[i] = ((masks[i >> 6] >> (i & 63)) & 1u) ? dk_f32_to_half(v) : hc;                        \
+        }                                                                                              \
+    }
+#define DK_ALPHA_TABLE(S) {NULL, alpha_f32_##S, alpha_f64_##S, alpha_bf16_##S, alpha_f16_##S}
 
 #endif

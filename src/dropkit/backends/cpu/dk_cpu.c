@@ -56,6 +56,50 @@ static const dk_isa_ops *isa_ops(int isa) {
     }
 }
 
+const dk_isa_ops *dk_isa_lookup(int isa) { return isa_ops(isa); }
+
+#if !defined(_OPENMP)
+typedef struct {
+    void (*fn)(void *ctx, int k);
+    void *ctx;
+    int k;
+} dk_task;
+
+static void *run_task(void *arg) {
+    const dk_task *t = arg;
+    t->fn(t->ctx, t->k);
+    return NULL;
+}
+#endif
+
+void dk_parallel(int nt, void (*fn)(void *ctx, int k), void *ctx) {
+    if (nt <= 1) {
+        fn(ctx, 0);
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int k = 0; k < nt; k++) fn(ctx, k);
+#else
+    enum { MAX_TASKS = 256 };
+    pthread_t threads[MAX_TASKS];
+    dk_task tasks[MAX_TASKS];
+    int started[MAX_TASKS];
+    if (nt > MAX_TASKS) nt = MAX_TASKS;
+    for (int k = 1; k < nt; k++) {
+        tasks[k] = (dk_task){fn, ctx, k};
+        started[k] = pthread_create(&threads[k], NULL, run_task, &tasks[k]) == 0;
+    }
+    fn(ctx, 0);
+    for (int k = 1; k < nt; k++) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            fn(ctx, k); /* no thread to be had: do its share here */
+    }
+#endif
+}
+
 /* 1 if this build and this CPU can run the path `isa`, else 0. */
 int dk_isa_available(int isa) { return isa_ops(isa) != NULL; }
 

@@ -106,5 +106,7 @@ static void apply_f16(const void *x, void *y, const uint64_t *masks, size_t n, d
     dk_ops_scalar.apply[DK_F16](x, y, masks, n, scale);
 }
 
-const dk_isa_ops dk_ops_neon = {gen_neon, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}};
+DK_DEFINE_ALPHA(neon)
+
+const dk_isa_ops dk_ops_neon = {gen_neon, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}, DK_ALPHA_TABLE(neon)};
 #endif

@@ -62,4 +62,6 @@ static void apply_f16(const void *xv, void *yv, const uint64_t *masks, size_t n,
     for (size_t i = 0; i < n; i++) y[i] = KEPT(i) ? dk_f32_to_half(dk_half_to_f32(x[i]) * s) : 0;
 }
 
-const dk_isa_ops dk_ops_scalar = {gen_scalar, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}};
+DK_DEFINE_ALPHA(scalar)
+
+const dk_isa_ops dk_ops_scalar = {gen_scalar, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}, DK_ALPHA_TABLE(scalar)};

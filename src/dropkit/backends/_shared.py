@@ -1,0 +1,74 @@
+"""What every backend states the same way: compute dtypes, mask shapes, DropBlock's scale,
+the bit layout of a saved mask. Pure functions of shapes, scalars and stored bits; nothing here
+draws a random word, so backends share them without calling one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "opmath_dtype",
+    "check_mask_shape",
+    "dropblock_mask_shape",
+    "dropblock_scale",
+    "dropblock_applied_scale",
+    "unpack_mask",
+]
+
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype dropout's product is computed in: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_mask_shape(shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[int, ...]:
+    """``mask_shape`` as a tuple, after checking it has ``shape``'s rank and each dim is 1 or equal.
+
+    Example:
+        >>> check_mask_shape((4, 3, 5), [4, 1, 1])
+        (4, 1, 1)
+    """
+    ms = tuple(int(m) for m in mask_shape)
+    if len(ms) != len(shape) or any(m not in (1, s) for m, s in zip(ms, shape, strict=True)):
+        raise ValueError(f"mask_shape {ms} must have the rank of {tuple(shape)}, each dim 1 or equal to it")
+    return ms
+
+
+def dropblock_mask_shape(shape: Sequence[int], shared_channels: bool) -> tuple[int, ...]:
+    """``(N, C or 1, *spatial)``: the shape of DropBlock's mask for an input of ``shape``."""
+    return (shape[0], 1 if shared_channels else shape[1], *shape[2:])
+
+
+def dropblock_scale(count: int, kept: int) -> float:
+    """DropBlock's normalisation ``count / kept`` in float32 (0 when nothing is kept).
+
+    Rounded exactly as the functional form computes ``count / kept`` with a float32 ``kept``
+    (torch evaluates a number divided by a tensor as ``kept.reciprocal() * count``): both counts
+    rounded to float32, ``1 / kept`` rounded, then the product rounded. The functional form
+    summed the mask in float32, which is exact below 2**24 kept elements; here the count is
+    always exact.
+
+    Example:
+        >>> dropblock_scale(4, 3)
+        1.3333333730697632
+    """
+    if kept == 0:
+        return 0.0
+    recip = torch.tensor(kept, dtype=torch.float32).reciprocal()
+    return float(recip * torch.tensor(count, dtype=torch.float32))
+
+
+def dropblock_applied_scale(scale: float, dtype: torch.dtype) -> float:
+    """The float32 scale rounded to ``dtype``, as ``x * scale.to(x.dtype)`` rounds it."""
+    return float(torch.tensor(scale, dtype=torch.float32).to(dtype))
+
+
+def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: the first ``numel`` bits as a flat bool tensor."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    return ((bits.view(-1, 1) & weights) != 0).reshape(-1)[:numel]

@@ -1,0 +1,324 @@
+/* Masks with broadcast dimensions, and DropBlock's block masks.
+ *
+ * dk_bcast_apply applies a bit-packed keep-mask drawn over a reduced shape (every dim either the
+ * input's or 1) to the full tensor in one pass. The caller describes the tensor as a loop nest of
+ * up to DK_MAX_DIMS dims (outermost first), each with a size and three strides in elements: the
+ * input's, the output's and the mask's (0 where the mask is broadcast). The innermost dim is
+ * handled in tiles of DK_TILE elements by the ISA's apply functions: a contiguous run is read
+ * and written in place, a strided one gathered to and scattered from a buffer; the tile's mask
+ * words are one bit repeated (mask stride 0), a bit-shifted copy of the packed mask (stride 1) or
+ * gathered bit by bit. Threads take ranges of the iteration order and write disjoint elements,
+ * so the result never depends on how many ran.
+ *
+ * dk_dropblock_mask builds DropBlock's keep-mask plane by plane: the seed grid's words, the
+ * seeds (word < threshold) dilated by the block along each spatial axis, the kept count. */
+#include "dk_common.h"
+
+#include <stdlib.h>
+
+#define DK_MAX_DIMS 8
+#define DK_TILE 2048
+#define DK_MIN_PER_THREAD (1u << 17)
+#define DK_MAX_THREADS 256
+
+enum { DK_OP_SCALE = 0, DK_OP_ALPHA = 1 };
+
+typedef struct {
+    const dk_isa_ops *ops;
+    int op, dtype, nd, nt;
+    size_t esz;
+    const char *x;
+    char *y;
+    const uint8_t *bits;
+    uint64_t nbits;
+    int64_t size[DK_MAX_DIMS], xs[DK_MAX_DIMS], ys[DK_MAX_DIMS], ms[DK_MAX_DIMS];
+    double scale, a, b, c;
+    uint64_t total, per;
+} bc_job;
+
+static inline unsigned bit_at(const uint8_t *bits, uint64_t pos) { return (bits[pos >> 3] >> (pos & 7)) & 1u; }
+
+/* The 64 mask bits starting at bit `pos` (bits at or past nbits read as 0). */
+static inline uint64_t bits64_at(const uint8_t *bits, uint64_t nbits, uint64_t pos) {
+    if (pos >= nbits) return 0;
+    uint64_t byte = pos >> 3, nbytes = (nbits + 7) >> 3;
+    unsigned sh = (unsigned)(pos & 7);
+    uint8_t tmp[9] = {0};
+    size_t avail = nbytes - byte < 9 ? (size_t)(nbytes - byte) : 9;
+    memcpy(tmp, bits + byte, avail);
+    uint64_t lo;
+    memcpy(&lo, tmp, 8);
+    uint64_t v = lo >> sh;
+    if (sh) v |= (uint64_t)tmp[8] << (64 - sh);
+    if (nbits - pos < 64) v &= (UINT64_C(1) << (nbits - pos)) - 1;
+    return v;
+}
+
+/* Columns [j0, j1) of one row of the innermost dim; the row starts at element offsets xo, yo of
+ * x and y and at mask bit mo. */
+static void run_segment(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t j0, uint64_t j1) {
+    const int last = J->nd - 1;
+    const int64_t sx = J->xs[last], sy = J->ys[last], sm = J->ms[last];
+    const size_t esz = J->esz;
+    uint64_t masks[DK_TILE / DK_CHUNK];
+    _Alignas(64) char xt[DK_TILE * 8];
+    _Alignas(64) char yt[DK_TILE * 8];
+    for (uint64_t t = j0; t < j1; t += DK_TILE) {
+        size_t m = (size_t)(j1 - t < DK_TILE ? j1 - t : DK_TILE), nch = (m + DK_CHUNK - 1) / DK_CHUNK;
+        const char *xp = J->x + (xo + (int64_t)t * sx) * (int64_t)esz;
+        char *yp = J->y + (yo + (int64_t)t * sy) * (int64_t)esz;
+        if (sm == 0) {
+            unsigned keep = bit_at(J->bits, (uint64_t)mo);
+            if (!keep && J->op == DK_OP_SCALE && sy == 1) {
+                memset(yp, 0, m * esz); /* +0.0 in every dtype */
+                continue;
+            }
+            memset(masks, keep ? 0xFF : 0, nch * sizeof(uint64_t));
+        } else if (sm == 1) {
+            for (size_t k = 0; k < nch; k++) masks[k] = bits64_at(J->bits, J->nbits, (uint64_t)mo + t + 64 * k);
+        } else {
+            memset(masks, 0, nch * sizeof(uint64_t));
+            for (size_t i = 0; i < m; i++)
+                masks[i >> 6] |= (uint64_t)bit_at(J->bits, (uint64_t)(mo + (int64_t)(t + i) * sm)) << (i & 63);
+        }
+        const char *xin = xp;
+        char *yout = sy == 1 ? yp : yt;
+        if (sx != 1) {
+            for (size_t i = 0; i < m; i++) memcpy(xt + i * esz, xp + (int64_t)i * sx * (int64_t)esz, esz);
+            xin = xt;
+        }
+        if (J->op == DK_OP_SCALE)
+            J->ops->apply[J->dtype](xin, yout, masks, m, J->scale);
+        else
+            J->ops->alpha[J->dtype](xin, yout, masks, m, J->a, J->b, J->c);
+        if (sy != 1)
+            for (size_t i = 0; i < m; i++) memcpy(yp + (int64_t)i * sy * (int64_t)esz, yt + i * esz, esz);
+    }
+}
+
+/* Elements [lo, hi) of the iteration order (row-major over the loop nest). */
+static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
+    if (lo >= hi) return;
+    const int last = J->nd - 1;
+    const uint64_t len = (uint64_t)J->size[last];
+    int64_t idx[DK_MAX_DIMS] = {0};
+    uint64_t row = lo / len, j = lo % len;
+    for (int d = last - 1; d >= 0; d--) {
+        idx[d] = (int64_t)(row % (uint64_t)J->size[d]);
+        row /= (uint64_t)J->size[d];
+    }
+    uint64_t pos = lo;
+    while (pos < hi) {
+        int64_t xo = 0, yo = 0, mo = 0;
+        for (int d = 0; d < last; d++) {
+            xo += idx[d] * J->xs[d];
+            yo += idx[d] * J->ys[d];
+            mo += idx[d] * J->ms[d];
+        }
+        uint64_t end = len - j < hi - pos ? len : j + (hi - pos);
+        run_segment(J, xo, yo, mo, j, end);
+        pos += end - j;
+        j = 0;
+        for (int d = last - 1; d >= 0; d--) { /* next row */
+            if (++idx[d] < J->size[d]) break;
+            idx[d] = 0;
+        }
+    }
+}
+
+static void bcast_part(void *ctx, int k) {
+    const bc_job *J = ctx;
+    uint64_t lo = J->per * (uint64_t)k, hi = k == J->nt - 1 ? J->total : J->per * (uint64_t)(k + 1);
+    if (lo > J->total) lo = J->total;
+    if (hi > J->total) hi = J->total;
+    run_range(J, lo, hi);
+}
+
+static int thread_count(uint64_t work, int nthreads) {
+    uint64_t useful = work / DK_MIN_PER_THREAD;
+    int nt = nthreads < 1 ? 1 : (nthreads > DK_MAX_THREADS ? DK_MAX_THREADS : nthreads);
+    if ((uint64_t)nt > useful) nt = useful ? (int)useful : 1;
+    return nt;
+}
+
+/* y = keep ? x * scale : +0.0 (op 0) or keep ? x * a + b : c (op 1) over a loop nest of nd dims
+ * (sizes, and the strides of x, y and the mask in elements), the keep bit of an element being
+ * bit sum(index[d] * mstr[d]) of `bits` (nbits bits). Returns 0, or -1 (ISA not available), -2
+ * (bad dtype), -5 (bad op or nd outside 1 .. DK_MAX_DIMS). */
+int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uint8_t *bits, uint64_t nbits, int nd,
+                   const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
+                   double scale, double a, double b, double c, int nthreads) {
+    static const size_t esz[5] = {0, 4, 8, 2, 2};
+    bc_job J;
+    J.ops = dk_isa_lookup(isa);
+    if (!J.ops) return -1;
+    if (dtype < DK_F32 || dtype > DK_F16) return -2;
+    if ((op != DK_OP_SCALE && op != DK_OP_ALPHA) || nd < 1 || nd > DK_MAX_DIMS) return -5;
+    J.op = op;
+    J.dtype = dtype;
+    J.nd = nd;
+    J.esz = esz[dtype];
+    J.x = x;
+    J.y = y;
+    J.bits = bits;
+    J.nbits = nbits;
+    J.total = 1;
+    for (int d = 0; d < nd; d++) {
+        J.size[d] = sizes[d];
+        J.xs[d] = xstr[d];
+        J.ys[d] = ystr[d];
+        J.ms[d] = mstr[d];
+        J.total *= (uint64_t)sizes[d];
+    }
+    if (J.total == 0) return 0;
+    J.scale = scale;
+    J.a = a;
+    J.b = b;
+    J.c = c;
+    J.nt = thread_count(J.total, nthreads);
+    J.per = (J.total + (uint64_t)J.nt - 1) / (uint64_t)J.nt;
+    dk_parallel(J.nt, bcast_part, &J);
+    return 0;
+}
+
+/* ---- DropBlock ---- */
+
+typedef struct {
+    dk_stream stream;
+    const dk_isa_ops *ops;
+    uint64_t nplanes;
+    int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
+    uint64_t vplane, fplane;             /* seed words and mask elements per plane */
+    uint8_t *keep;  /* packed bits, zeroed by the caller */
+    uint64_t unit;  /* planes per thread are a multiple of this: each thread's bits start on a byte */
+    int64_t kept[DK_MAX_THREADS];
+    int nt, failed[DK_MAX_THREADS];
+} db_job;
+
+/* Dilate along one axis: in has (outer, len, inner) bytes, out (outer, len + b - 1, inner), and
+ * out[o][y][i] = OR of in[o][y - k][i] for k < b where 0 <= y - k < len. */
+static void dilate(const uint8_t *in, uint8_t *out, int64_t outer, int64_t len, int64_t inner, int64_t b) {
+    int64_t olen = len + b - 1, run = len * inner;
+    memset(out, 0, (size_t)(outer * olen * inner));
+    for (int64_t o = 0; o < outer; o++) {
+        const uint8_t *src = in + o * run;
+        uint8_t *dst = out + o * olen * inner;
+        for (int64_t k = 0; k < b; k++) {
+            uint8_t *d = dst + k * inner;
+            for (int64_t i = 0; i < run; i++) d[i] |= src[i];
+        }
+    }
+}
+
+static void dropblock_part(void *ctx, int k) {
+    db_job *J = ctx;
+    uint64_t units = (J->nplanes + J->unit - 1) / J->unit;
+    uint64_t per = (units + (uint64_t)J->nt - 1) / (uint64_t)J->nt * J->unit;
+    uint64_t lo = per * (uint64_t)k, hi = lo + per;
+    if (hi > J->nplanes) hi = J->nplanes;
+    J->kept[k] = 0;
+    if (lo >= hi) return;
+    size_t nwords = (size_t)(J->vplane / DK_CHUNK + 2);
+    size_t fsz = (size_t)J->fplane;
+    uint64_t *masks = malloc(nwords * sizeof(uint64_t));
+    uint8_t *a = malloc(fsz + 1), *b = malloc(fsz + 1);
+    if (!masks || !a || !b) {
+        J->failed[k] = 1;
+        free(masks);
+        free(a);
+        free(b);
+        return;
+    }
+    int64_t kept = 0;
+    for (uint64_t p = lo; p < hi; p++) {
+        uint64_t first = p * J->vplane, c0 = first / DK_CHUNK, c1 = (first + J->vplane + DK_CHUNK - 1) / DK_CHUNK;
+        if (J->stream.keep_all)
+            memset(masks, 0xFF, (size_t)(c1 - c0) * sizeof(uint64_t));
+        else
+            J->ops->gen(&J->stream, c0, (size_t)(c1 - c0), masks);
+        /* seeds as bytes over the valid grid: a word below the threshold (not "kept") is a seed */
+        uint64_t sh = first - c0 * DK_CHUNK;
+        for (uint64_t v = 0; v < J->vplane; v++) {
+            uint64_t bpos = sh + v;
+            a[v] = (uint8_t)(((masks[bpos >> 6] >> (bpos & 63)) & 1u) ^ 1u);
+        }
+        /* (V0, V1, V2) -> (F0, V1, V2) -> (F0, F1, V2) -> (F0, F1, F2) */
+        int64_t s0 = J->valid[0], s1 = J->valid[1], s2 = J->valid[2];
+        dilate(a, b, 1, s0, s1 * s2, J->block[0]);
+        s0 = J->feat[0];
+        dilate(b, a, s0, s1, s2, J->block[1]);
+        s1 = J->feat[1];
+        dilate(a, b, s0 * s1, s2, 1, J->block[2]);
+        uint64_t pos = p * J->fplane;
+        int64_t dropped = 0;
+        for (size_t i = 0; i < fsz; i++, pos++) {
+            dropped += b[i];
+            J->keep[pos >> 3] |= (uint8_t)((b[i] ^ 1u) << (pos & 7));
+        }
+        kept += (int64_t)fsz - dropped;
+    }
+    J->kept[k] = kept;
+    free(masks);
+    free(a);
+    free(b);
+}
+
+/* DropBlock's keep-mask over nplanes planes of nsp (2 or 3) spatial dims feat[], blocks block[]
+ * (each at most its feat): plane p's seed grid, of valid[d] = feat[d] - block[d] + 1 per dim,
+ * uses stream words p * prod(valid) + (row-major position); a position is a seed iff its word
+ * is < threshold, and mask element y is dropped iff a seed lies in [y - b + 1, y] on every
+ * axis. ORs the packed keep bits into keep[] (bit i of byte i / 8 for mask element i; the
+ * caller zeroes it: ceil(nplanes * prod(feat) / 8) bytes) and writes *kept_out (the kept count).
+ * Returns 0, or -1 (ISA), -3 (threshold above 2^32), -5 (bad sizes), -6 (out of memory). */
+int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nplanes, int nsp,
+                      const int64_t *feat, const int64_t *block, uint8_t *keep, int64_t *kept_out, int nthreads) {
+    db_job *J = calloc(1, sizeof(db_job));
+    if (!J) return -6;
+    J->ops = dk_isa_lookup(isa);
+    int err = 0;
+    if (!J->ops) err = -1;
+    if (threshold > (UINT64_C(1) << 32)) err = -3;
+    if (nsp < 1 || nsp > 3) err = -5;
+    if (err) {
+        free(J);
+        return err;
+    }
+    J->nplanes = nplanes;
+    J->keep = keep;
+    J->vplane = J->fplane = 1;
+    for (int d = 0; d < 3; d++) {
+        int s = d - (3 - nsp);
+        J->feat[d] = s >= 0 ? feat[s] : 1;
+        J->block[d] = s >= 0 ? block[s] : 1;
+        if (J->feat[d] < 1 || J->block[d] < 1 || J->block[d] > J->feat[d]) err = -5;
+        J->valid[d] = J->feat[d] - J->block[d] + 1;
+        J->vplane *= (uint64_t)J->valid[d];
+        J->fplane *= (uint64_t)J->feat[d];
+    }
+    if (err) {
+        free(J);
+        return err;
+    }
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
+        J->stream.k0[r] = k0;
+        J->stream.k1[r] = k1;
+    }
+    J->stream.offset = offset;
+    J->stream.keep_all = threshold == 0;
+    J->stream.tm1 = (uint32_t)(threshold - 1);
+    J->unit = 8;
+    while (J->unit > 1 && (J->unit / 2 * J->fplane) % 8 == 0) J->unit /= 2;
+    J->nt = thread_count(nplanes * J->fplane, nthreads);
+    uint64_t units = (nplanes + J->unit - 1) / J->unit;
+    if ((uint64_t)J->nt > units) J->nt = units ? (int)units : 1;
+    dk_parallel(J->nt, dropblock_part, J);
+    int64_t kept = 0;
+    for (int k = 0; k < J->nt; k++) {
+        if (J->failed[k]) err = -6;
+        kept += J->kept[k];
+    }
+    *kept_out = kept;
+    free(J);
+    return err;
+}
