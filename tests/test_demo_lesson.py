@@ -167,8 +167,18 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tmp_path):
     assert [line.split(" (")[0] for line in lines[1:]] == [f"dropkit: seed {s} done" for s in range(3)]
 
 
-def test_train_calls_its_held_out_rows_validation():
-    text = legend("classification", held_out="validation")
-    assert "validation rows" in text and "on the test rows" not in text
+def test_train_calls_its_held_out_rows_validation(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "d.npz", X=x, y=(x[:, 0] > 0).astype(np.int64))
+    args = ["train", "--data", str(tmp_path / "d.npz"), "--p", "0", "0.5", "--epochs", "2", "--seeds", "2",
+            "--mc-samples", "3", "--hidden", "8", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0].split()
+    assert header[:6] == ["p", "train", "acc", "val", "acc", "gap"] and "test" not in header
+    reading_line = next(line for line in printed.splitlines() if line.startswith("Reading: "))
+    assert "validation NLL" in reading_line and not re.search(r"\btest\b", reading_line)
+    assert "on the validation rows" in printed and "on the test rows" not in printed
     with pytest.raises(ValueError, match="'holdout'"):
         legend("classification", held_out="holdout")
