@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from dropkit.cli import main
 from dropkit.data import Dataset
 from dropkit.models import WideMLPWithDropout
+from dropkit.plots import SPARSE_BIN, plot_gap_and_nll, write_plots
 from dropkit.report import legend
-from dropkit.training import TrainConfig, build_model, prepare
+from dropkit.training import RunResult, TrainConfig, build_model, prepare
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,49 @@ def test_train_calls_its_held_out_rows_validation(tmp_path, capsys):
     assert "on the validation rows" in printed and "on the test rows" not in printed
     with pytest.raises(ValueError, match="'holdout'"):
         legend("classification", held_out="holdout")
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib figures the plot functions close, kept for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept: list = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    return kept
+
+
+def _run(p: float, seed: int, metrics: dict[str, float], probs: torch.Tensor | None = None) -> RunResult:
+    return RunResult(TrainConfig(p=p, seed=seed), metrics, [1.0, 0.5, 0.4], [1.0, 0.8, 0.9], probs)
+
+
+def test_the_gap_axis_starts_at_zero(tmp_path, figures):
+    runs = [_run(p, s, {"gap": 0.07 + p / 100 + s / 1000, "test_nll": 0.3, "mc_nll": 0.3})
+            for p in (0.0, 0.5) for s in range(2)]
+    plot_gap_and_nll(runs, "classification", tmp_path / "g.png")
+    bottom, top = figures[0].axes[0].get_ylim()
+    assert bottom == 0.0 and top > 0.075
+
+
+def test_reliability_shows_p0_and_the_best_p_pooled_with_sparse_bins_faint(tmp_path, figures):
+    gen = torch.Generator().manual_seed(0)
+    labels = {s: torch.randint(0, 3, (50,), generator=gen) for s in range(2)}
+    runs = []
+    for p, nll in ((0.0, 0.5), (0.2, 0.3), (0.5, 0.4)):
+        for s in range(2):
+            probs = torch.softmax(3 * torch.randn(50, 3, generator=gen), dim=1)
+            runs.append(_run(p, s, {"gap": 0.1, "test_nll": nll, "mc_nll": nll}, probs))
+    write_plots(runs, "classification", tmp_path, labels)
+    fig = figures[-1]
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["p=0", "p=0.2"]  # p=0.2 has the lowest NLL
+    assert "2 seeds pooled, 100 test predictions per panel" in fig._suptitle.get_text()
+    # The accuracy bars: one per non-empty bin, faint exactly where the bin holds few predictions.
+    pooled = torch.cat([r.test_probs for r in runs if r.config.p == 0.0])
+    conf = pooled.max(1).values
+    counts = torch.bincount((torch.ceil(conf * 15) - 1).clamp(0, 14).long(), minlength=15)
+    bars = [patch for patch in fig.axes[0].patches if patch.get_fill()]
+    assert sorted(bar.get_alpha() for bar in bars) == sorted(
+        0.25 if c < SPARSE_BIN else 0.9 for c in counts.tolist() if c > 0)
