@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from dropkit.cli import main
 from dropkit.data import Dataset
 from dropkit.models import WideMLPWithDropout
+from dropkit.plots import SPARSE_BIN, plot_gap_and_nll, write_plots
 from dropkit.report import legend
-from dropkit.training import TrainConfig, build_model, prepare
+from dropkit.training import RunResult, TrainConfig, build_model, prepare
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +168,64 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tmp_path):
     assert [line.split(" (")[0] for line in lines[1:]] == [f"dropkit: seed {s} done" for s in range(3)]
 
 
-def test_train_calls_its_held_out_rows_validation():
-    text = legend("classification", held_out="validation")
-    assert "validation rows" in text and "on the test rows" not in text
+def test_train_calls_its_held_out_rows_validation(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "d.npz", X=x, y=(x[:, 0] > 0).astype(np.int64))
+    args = ["train", "--data", str(tmp_path / "d.npz"), "--p", "0", "0.5", "--epochs", "2", "--seeds", "2",
+            "--mc-samples", "3", "--hidden", "8", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0].split()
+    assert header[:6] == ["p", "train", "acc", "val", "acc", "gap"] and "test" not in header
+    reading_line = next(line for line in printed.splitlines() if line.startswith("Reading: "))
+    assert "validation NLL" in reading_line and not re.search(r"\btest\b", reading_line)
+    assert "on the validation rows" in printed and "on the test rows" not in printed
     with pytest.raises(ValueError, match="'holdout'"):
         legend("classification", held_out="holdout")
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib figures the plot functions close, kept for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept: list = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    return kept
+
+
+def _run(p: float, seed: int, metrics: dict[str, float], probs: torch.Tensor | None = None) -> RunResult:
+    return RunResult(TrainConfig(p=p, seed=seed), metrics, [1.0, 0.5, 0.4], [1.0, 0.8, 0.9], probs)
+
+
+def test_the_gap_axis_starts_at_zero(tmp_path, figures):
+    runs = [_run(p, s, {"gap": 0.07 + p / 100 + s / 1000, "test_nll": 0.3, "mc_nll": 0.3})
+            for p in (0.0, 0.5) for s in range(2)]
+    plot_gap_and_nll(runs, "classification", tmp_path / "g.png")
+    bottom, top = figures[0].axes[0].get_ylim()
+    assert bottom == 0.0 and top > 0.075
+
+
+def test_reliability_shows_p0_and_the_best_p_pooled_with_sparse_bins_faint(tmp_path, figures):
+    gen = torch.Generator().manual_seed(0)
+    labels = {s: torch.randint(0, 3, (50,), generator=gen) for s in range(2)}
+    runs = []
+    for p, nll in ((0.0, 0.5), (0.2, 0.3), (0.5, 0.4)):
+        for s in range(2):
+            probs = torch.softmax(3 * torch.randn(50, 3, generator=gen), dim=1)
+            runs.append(_run(p, s, {"gap": 0.1, "test_nll": nll, "mc_nll": nll}, probs))
+    write_plots(runs, "classification", tmp_path, labels)
+    fig = figures[-1]
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["p=0", "p=0.2"]  # p=0.2 has the lowest NLL
+    assert "2 seeds pooled, 100 test predictions per panel" in fig._suptitle.get_text()
+    # The accuracy bars: one per non-empty bin, faint exactly where the bin holds few predictions.
+    pooled = torch.cat([r.test_probs for r in runs if r.config.p == 0.0])
+    conf = pooled.max(1).values
+    counts = torch.bincount((torch.ceil(conf * 15) - 1).clamp(0, 14).long(), minlength=15)
+    bars = [patch for patch in fig.axes[0].patches if patch.get_fill()]
+    assert sorted(bar.get_alpha() for bar in bars) == sorted(
+        0.25 if c < SPARSE_BIN else 0.9 for c in counts.tolist() if c > 0)

@@ -232,13 +232,14 @@ def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, tas
     from dropkit.plots import write_plots
     from dropkit.report import format_table, legend, reading, write_index_html, write_results
 
-    text = reading(results, task)
-    notes = legend(task, args.input_p, held_out=info.get("held_out", "test"), seeds=len(extra["seeds"]))
+    held_out = info.get("held_out", "test")
+    text = reading(results, task, held_out)
+    notes = legend(task, args.input_p, held_out=held_out, seeds=len(extra["seeds"]))
     info = {**info, "grid": extra["grid"], "seeds": extra["seeds"], "config": extra["base"], "reading": text}
     files = [p.name for p in write_plots(results, task, folder, extra["labels"])]
     written = files + ["results.json", "results.csv", "index.html"]
     doc = write_results(folder, results, task, {**info, "files": written})
-    table = format_table(doc["summary"], task)  # type: ignore[arg-type]
+    table = format_table(doc["summary"], task, held_out)  # type: ignore[arg-type]
     write_index_html(folder, _title(info), table, notes, text, files)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2))

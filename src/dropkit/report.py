@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,15 +131,26 @@ def _cell(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.3f} ± {stat['se']:.3f}"
 
 
-def format_table(rows: Sequence[dict[str, object]], task: str) -> str:
+def _held_out_words(text: str, held_out: str) -> str:
+    """``text`` with the word "test" replaced by ``held_out`` ("val" in a column header)."""
+    if held_out not in ("test", "validation"):
+        raise ValueError(f"held_out must be 'test' or 'validation', got {held_out!r}")
+    return text if held_out == "test" else re.sub(r"\btest\b", held_out, text)
+
+
+def format_table(rows: Sequence[dict[str, object]], task: str, held_out: str = "test") -> str:
     """The sweep as a fixed-width text table: one line per p, ``mean ± se`` per metric.
+
+    ``held_out="validation"`` heads the held-out columns "val" instead of "test" (the rows that
+    ``dropkit train`` holds out choose the rate, so they are not a test set).
 
     Example:
         >>> print(format_table([{"p": 0.5, "seeds": 1, "gap": {"mean": 0.25, "se": float("nan")}}],
         ...                    "classification").splitlines()[0].split()[:4])
         ['p', 'train', 'acc', 'test']
     """
-    headers = ["p"] + [h for _, h, _ in METRICS[task]]
+    short = "test" if held_out == "test" else "val"
+    headers = ["p"] + [_held_out_words(h, held_out).replace(held_out, short) for _, h, _ in METRICS[task]]
     body = [[f"{row['p']:g}"] + [_cell(row.get(k)) for k, _, _ in METRICS[task]] for row in rows]  # type: ignore
     widths = [max(len(line[j]) for line in [headers, *body]) for j in range(len(headers))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in [headers, *body]]
@@ -157,8 +169,10 @@ def _noise_words(se: float, clear: bool) -> str:
     return f"±{se:.3f}, {'beyond' if clear else 'within'} {SIGNIFICANT_SE:g} standard errors"
 
 
-def reading(results: Sequence[RunResult], task: str) -> str:
+def reading(results: Sequence[RunResult], task: str, held_out: str = "test") -> str:
     """One line that states what the sweep shows, computed from the numbers.
+
+    ``held_out="validation"`` says "validation" where the line would say "test".
 
     It names the rate with the best test NLL and the best test score (accuracy or RMSE), gives
     each one's paired difference from the smallest rate in the grid (normally p = 0) and says
@@ -219,7 +233,7 @@ def reading(results: Sequence[RunResult], task: str) -> str:
         diff, se, clear = _compare(results, "mc_nll", best_mc, base)
         parts.append(f"MC dropout's NLL is lowest at p={best_mc:g} ({means['mc_nll'][best_mc]:.3f} vs "
                      f"{means['mc_nll'][base]:.3f} at p={base:g}, {diff:+.3f} {_noise_words(se, clear)})")
-    return "; ".join(parts) + "."
+    return _held_out_words("; ".join(parts) + ".", held_out)
 
 
 def write_results(
@@ -289,7 +303,7 @@ def legend(task: str, p_input: float = 0.0, held_out: str = "test", seeds: int =
     if held_out not in ("test", "validation"):
         raise ValueError(f"held_out must be 'test' or 'validation', got {held_out!r}")
     rows = f"{held_out} rows"
-    named = "" if held_out == "test" else " (test here means the validation rows)"
+    short, named = ("test", "") if held_out == "test" else ("val", " (val: the validation rows)")
     first = "p: hidden dropout rate"
     first += (f"; runs with p > 0 also drop inputs at {p_input:g}, p = 0 has no dropout at all."
               if p_input > 0 else "; no input dropout.")
@@ -297,10 +311,10 @@ def legend(task: str, p_input: float = 0.0, held_out: str = "test", seeds: int =
              "Each cell: the value of the one seed (one seed has no error bar)."]
     if task == "classification":
         lines += [
-            f"gap: train acc - test acc{named}; positive means the model does better on its training "
-            "rows.",
-            f"test NLL: mean -log p(true class) on the {rows}, dropout off; lower is better, and it "
-            "punishes confident mistakes that accuracy does not see.",
+            f"gap: train acc - {short} acc{named}; positive means the model does better on its "
+            "training rows.",
+            f"{short} NLL: mean -log p(true class) on the {rows}, dropout off; lower is better, and "
+            "it punishes confident mistakes that accuracy does not see.",
             "ECE: expected calibration error, |accuracy - confidence| averaged over 15 confidence bins; "
             "0 is perfectly calibrated.",
             "MC acc / MC NLL: the same with the prediction averaged over the MC-dropout passes (dropout on "
@@ -308,9 +322,9 @@ def legend(task: str, p_input: float = 0.0, held_out: str = "test", seeds: int =
         ]
     else:
         lines += [
-            f"gap: test RMSE - train RMSE{named}, in target units.",
-            f"test NLL: Gaussian -log density of the {rows} with the training residual variance; lower "
-            "is better.",
+            f"gap: {short} RMSE - train RMSE{named}, in target units.",
+            f"{short} NLL: Gaussian -log density of the {rows} with the training residual variance; "
+            "lower is better.",
             "MC RMSE / MC NLL: the same with the MC-dropout mean and variance (dropout on at test time).",
         ]
     return "\n".join(lines)
