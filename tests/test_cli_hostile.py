@@ -166,13 +166,18 @@ def _case(name: str, d: Path, model_file: Path) -> tuple[list[str], list[str]]:
         write_csv(d / "f.csv", ["a", "b"], [[0.1, 0.2], [0.3, -1]])
         args = ["predict", "--model", "m.pt", "--data", "f.csv", "--output", "f.csv"]
         return args, ["--output", "input file"]
+    if name == "predict far from the training rows":
+        (d / "m.pt").write_bytes(model_file.read_bytes())
+        write_csv(d / "f.csv", ["a", "b"], [[0.1, 0.2], [1e300, -1]])
+        return ["predict", "--model", "m.pt", "--data", "f.csv"], ["f.csv", "column(s) a", "float32"]
     raise AssertionError(name)
 
 
 CASES = ["truncated npz", "corrupted npz", "pickle in npz", "truncated csv", "save is the data",
          "save under a file", "existing results", "force never deletes an input", "memory", "threads", "lr",
          "huge float labels", "single-row classes", "no columns", "pickle in pt", "edited model classes",
-         "edited model task", "edited model hidden", "output is the data"]
+         "edited model task", "edited model hidden", "output is the data",
+         "predict far from the training rows"]
 
 
 # A subprocess costs a torch import (1.5-2 s of CPU), so one case of each kind runs as the real
