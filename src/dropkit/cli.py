@@ -330,7 +330,12 @@ def _predict(args: argparse.Namespace) -> int:
     hidden, classes = int(loaded.config["hidden"]), max(len(loaded.classes), 1)  # type: ignore[call-overload]
     check_memory(4 * args.mc_samples * len(x) * (x.shape[1] + 3 * hidden + 3 * classes),
                  f"--mc-samples {args.mc_samples} on {len(x)} rows")
-    x = torch.from_numpy(loaded.scaler.transform(x)).float()
+    z = loaded.scaler.transform(x)
+    far = [name for name, big in zip(loaded.feature_names, (abs(z) > 3e38).any(axis=0), strict=True) if big]
+    if far:  # float32 would make them inf and every prediction NaN
+        raise DataError(f"{args.data}: feature column(s) {', '.join(far[:5])} hold values too far from the "
+                        "training rows for float32 after standardization")
+    x = torch.from_numpy(z).float()
     if loaded.config["p"] == 0 and loaded.config["input_p"] == 0 and not args.quiet:
         print("note: this model has no dropout (p=0), so every MC pass is the same and the uncertainty is 0",
               file=sys.stderr)
