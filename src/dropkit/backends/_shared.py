@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "opmath_dtype",
@@ -16,6 +17,8 @@ __all__ = [
     "dropblock_scale",
     "dropblock_applied_scale",
     "unpack_mask",
+    "dropblock_seed_shape",
+    "blocks_kept",
 ]
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -72,3 +75,35 @@ def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_mask`: the first ``numel`` bits as a flat bool tensor."""
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
     return ((bits.view(-1, 1) & weights) != 0).reshape(-1)[:numel]
+
+
+def dropblock_seed_shape(
+    shape: Sequence[int], blocks: Sequence[int], shared_channels: bool
+) -> tuple[int, ...]:
+    """The seed grid ``(N, C or 1, f - b + 1, ...)`` of DropBlock on ``shape`` with ``blocks``.
+
+    Example:
+        >>> dropblock_seed_shape((2, 3, 8, 8), (3, 3), False)
+        (2, 3, 6, 6)
+    """
+    valid = tuple(f - b + 1 for f, b in zip(shape[2:], blocks, strict=True))
+    return (shape[0], 1 if shared_channels else shape[1], *valid)
+
+
+def blocks_kept(seeds: torch.Tensor, blocks: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """DropBlock's keep-mask from a bool seed grid, and its kept count.
+
+    Position ``y`` is dropped iff a seed lies at ``y - b + 1 .. y`` along every spatial axis:
+    padding ``b - 1`` on both sides and max-pooling with a ``b``-wide window takes that OR.
+
+    Example:
+        >>> seeds = torch.zeros(1, 1, 2, 2, dtype=torch.bool); seeds[0, 0, 0, 0] = True
+        >>> keep, kept = blocks_kept(seeds, (3, 3))
+        >>> kept, keep[0, 0, :3, :3].any().item()
+        (7, False)
+    """
+    blocks = tuple(blocks)
+    pad = [s for b in reversed(blocks) for s in (b - 1, b - 1)]
+    pool = F.max_pool2d if len(blocks) == 2 else F.max_pool3d
+    keep = pool(F.pad(seeds.to(torch.float32), pad), kernel_size=blocks, stride=1) == 0
+    return keep, int(keep.sum())

@@ -18,16 +18,17 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from dropkit.backends import triton as tb
 from dropkit.backends._shared import (
+    blocks_kept,
     check_mask_shape,
     dropblock_applied_scale,
     dropblock_mask_shape,
     dropblock_scale,
+    dropblock_seed_shape,
     opmath_dtype,
     unpack_mask,
 )
@@ -217,15 +218,9 @@ def _dropblock_mask(
     word is below ``threshold``; position ``y`` is dropped iff a seed lies at ``y - b + 1 .. y``
     along every spatial axis (docs/rng.md). The kept count is read back to the host for the scale.
     """
-    blocks = tuple(block_size)
-    valid = tuple(f - b + 1 for f, b in zip(shape[2:], blocks, strict=True))
-    seed_shape = (shape[0], 1 if shared_channels else shape[1], *valid)
+    seed_shape = dropblock_seed_shape(tuple(shape), tuple(block_size), shared_channels)
     seeds = ~tb.keep_mask(math.prod(seed_shape), seed, offset, threshold, device)
-    seeds = seeds.view(seed_shape).to(torch.float32)
-    pad = [s for b in reversed(blocks) for s in (b - 1, b - 1)]
-    pool = F.max_pool2d if len(blocks) == 2 else F.max_pool3d
-    keep = pool(F.pad(seeds, pad), kernel_size=blocks, stride=1) == 0
-    return keep, int(keep.sum())
+    return blocks_kept(seeds.view(seed_shape), block_size)
 
 
 def dropblock_forward(
