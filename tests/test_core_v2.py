@@ -286,3 +286,32 @@ def test_sparse_input_is_a_clear_type_error():
     for fn in (dropkit.Dropout(0.5), lambda t: dropkit.dropout(t, 0.5)):
         with pytest.raises(TypeError, match="must be a dense tensor"):
             fn(x)
+
+
+# --- uniforms and normals: drawn by the native backend, equal to the reference ------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_uniforms_and_normals_equal_the_reference(dtype, threads):
+    from dropkit.backends import cpu, reference
+
+    if cpu.load_error():
+        pytest.skip(cpu.load_error())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, seed, offset in ((0, 1, 0), (1, 0, 0), (7, 2**64 - 1, 2**64 - 1), (300001, 99, 2**32 - 5)):
+            assert torch.equal(cpu.uniform(n, seed, offset, dtype), reference.uniform(n, seed, offset, dtype))
+            assert torch.equal(cpu.normal(n, seed, offset, dtype), reference.normal(n, seed, offset, dtype))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_gaussian_layers_draw_through_the_native_backend():
+    x = torch.randn(1001)
+    with dropkit.ops.use_backend("reference"):
+        expected = dropkit.GaussianDropout(0.3, seed=5)(x), dropkit.GaussianNoise(0.7, seed=5)(x)
+    assert dropkit.ops.backend_name("cpu") in ("cpu", "reference")
+    assert torch.equal(dropkit.GaussianDropout(0.3, seed=5)(x), expected[0])
+    assert torch.equal(dropkit.GaussianNoise(0.7, seed=5)(x), expected[1])

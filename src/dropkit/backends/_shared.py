@@ -5,6 +5,7 @@ draws a random word, so backends share them without calling one another.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "unpack_mask",
     "dropblock_seed_shape",
     "blocks_kept",
+    "box_muller",
 ]
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -107,3 +109,23 @@ def blocks_kept(seeds: torch.Tensor, blocks: Sequence[int]) -> tuple[torch.Tenso
     pool = F.max_pool2d if len(blocks) == 2 else F.max_pool3d
     keep = pool(F.pad(seeds.to(torch.float32), pad), kernel_size=blocks, stride=1) == 0
     return keep, int(keep.sum())
+
+
+def box_muller(u: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``numel`` standard normals from float64 uniforms ``u`` (``2 * ceil(numel / 2)`` of them).
+
+    Pair ``k`` takes ``u1 = u[2k]`` and ``u2 = u[2k + 1]`` and gives
+    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)`` in
+    float64, rounded once to ``dtype``. Every backend that draws the uniforms itself hands them
+    here, so the transcendental functions (torch's) are the same everywhere.
+
+    Example:
+        >>> z = box_muller(torch.tensor([0.5, 0.25], dtype=torch.float64), 2, torch.float64)
+        >>> torch.allclose(z, torch.tensor([0.0, (2 * math.log(2)) ** 0.5], dtype=torch.float64), atol=1e-12)
+        True
+    """
+    pairs = u.view(-1, 2)
+    r = torch.sqrt(-2.0 * torch.log(pairs[:, 0]))
+    angle = (2.0 * math.pi) * pairs[:, 1]
+    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=1).reshape(-1)[:numel]
+    return z.to(dtype)

@@ -12,6 +12,7 @@ import torch
 
 from dropkit.backends._shared import (
     blocks_kept,
+    box_muller,
     check_mask_shape,
     dropblock_applied_scale,
     dropblock_mask_shape,
@@ -141,11 +142,7 @@ def normal(
         >>> bool(z[0] == torch.sqrt(-2 * torch.log(u[0])) * torch.cos(2 * math.pi * u[1]))
         True
     """
-    u = uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64, device).view(-1, 2)
-    r = torch.sqrt(-2.0 * torch.log(u[:, 0]))
-    angle = (2.0 * math.pi) * u[:, 1]
-    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=1).reshape(-1)[:numel]
-    return z.to(dtype)
+    return box_muller(uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64, device), numel, dtype)
 def _saved_of(mask: torch.Tensor, storage: str) -> torch.Tensor:
     if storage == "bits":
         return pack_mask(mask)

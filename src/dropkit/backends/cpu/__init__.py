@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from dropkit.backends._shared import (
+    box_muller,
     check_mask_shape,
     dropblock_applied_scale,
     dropblock_mask_shape,
@@ -51,6 +52,8 @@ __all__ = [
     "dropblock_forward",
     "dropblock_backward",
     "supports_layout",
+    "uniform",
+    "normal",
 ]
 
 # Stream positions arrive as Python ints; dropkit.ops sends other dtypes to the reference backend.
@@ -88,6 +91,7 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     lib.dk_run.argtypes = [*_COMMON_ARGS, _u64, _int]
     lib.dk_range.argtypes = [*_COMMON_ARGS, _u64, _u64]
     lib.dk_isa_available.argtypes = [_int]
+    lib.dk_uniform.argtypes = [_u64, _u64, _u64, _int, _ptr, _int]
     _dbl = ctypes.c_double
     lib.dk_bcast_apply.argtypes = [_int, _int, _int, _ptr, _ptr, _ptr, _u64, _int, _ptr, _ptr, _ptr, _ptr,
                                    _dbl, _dbl, _dbl, _dbl, _int]
@@ -726,3 +730,44 @@ def dropblock_backward(
     if grad.numel():
         _bcast_apply(_OP_SCALE, grad, out, bits, ms, dropblock_applied_scale(scale, grad.dtype))
     return out
+
+
+# ---- Uniforms and normals ----
+
+
+def uniform(
+    numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``numel`` uniforms in (0, 1) from ``numel`` stream words, ``((w >> 8) + 0.5) * 2**-24``.
+
+    float64 is exact; float32 is rounded to nearest with the one value that would round to 1
+    clamped below it, as :func:`dropkit.rng.words_to_uniform` gives them.
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> u = uniform(9, 3, 2**32 - 1, torch.float32)
+        >>> torch.equal(u, reference.uniform(9, 3, 2**32 - 1, torch.float32))
+        True
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"uniforms are float32 or float64, got {dtype}")
+    if _lib is None:
+        raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
+    out = torch.empty(numel, dtype=dtype)
+    if numel:
+        _lib.dk_uniform(seed, offset, numel, dtype == torch.float64, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def normal(
+    numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``numel`` standard normals by Box-Muller (:func:`dropkit.backends._shared.box_muller`) of
+    the stream's uniforms, drawn here in C.
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> torch.equal(normal(7, 3, 5, torch.float32), reference.normal(7, 3, 5, torch.float32))
+        True
+    """
+    return box_muller(uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64), numel, dtype)
