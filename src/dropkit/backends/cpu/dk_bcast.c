@@ -41,6 +41,11 @@ static inline unsigned bit_at(const uint8_t *bits, uint64_t pos) { return (bits[
 /* The 64 mask bits starting at bit `pos` (bits at or past nbits read as 0). */
 static inline uint64_t bits64_at(const uint8_t *bits, uint64_t nbits, uint64_t pos) {
     if (pos >= nbits) return 0;
+    if ((pos & 7) == 0 && nbits - pos >= 64) { /* whole bytes: one load (rows of a mask start here) */
+        uint64_t v;
+        memcpy(&v, bits + (pos >> 3), 8);
+        return v;
+    }
     uint64_t byte = pos >> 3, nbytes = (nbits + 7) >> 3;
     unsigned sh = (unsigned)(pos & 7);
     uint8_t tmp[9] = {0};
