@@ -522,7 +522,11 @@ def _masked(kind, x, shape_arg, seed, offset, threshold, params, storage) -> tor
         refuse_tracing()
     if not (x.requires_grad and torch.is_grad_enabled()):
         storage = "seed"  # nothing will be needed for backward
-    return _Masked.apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
+    apply = _Masked.apply if _functorch_active() else _masked_apply
+    return apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
+
+
+_masked_apply = _torch.function_apply(_Masked)
 
 
 def bcast_dropout(

@@ -392,12 +392,12 @@ def _bcast_apply(
     scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
 ) -> None:
     nest = _loop_nest(x.shape, x.stride(), y.stride(), mask_shape)
-    cols = [torch.tensor([t[k] for t in nest], dtype=torch.int64) for k in range(4)]
+    array = ctypes.c_int64 * len(nest)  # sizes and strides as C arrays (no tensor per call)
+    cols = [array(*(t[k] for t in nest)) for k in range(4)]
     _check(
         _lib.dk_bcast_apply(
             _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
-            math.prod(mask_shape),
-            len(nest), *(c_.data_ptr() for c_ in cols), scale, a, b, c, torch.get_num_threads(),
+            math.prod(mask_shape), len(nest), *cols, scale, a, b, c, torch.get_num_threads(),
         )
     )
 
