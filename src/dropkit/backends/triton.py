@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.backends.reference import opmath_dtype
+from dropkit.backends._shared import opmath_dtype
 from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, seed_to_signed
 
 __all__ = [

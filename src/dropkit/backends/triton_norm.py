@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.backends.reference import opmath_dtype
+from dropkit.backends._shared import opmath_dtype
 from dropkit.backends.triton import (
     downcast,
     element_words,
