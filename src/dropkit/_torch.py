@@ -79,14 +79,21 @@ def _checkpoint_codes() -> dict[Any, tuple[str, str, str | None]]:
     """code object -> (kind, local holding the region, attribute of that local or None)."""
     from torch.utils import checkpoint as cp
 
-    entry = inspect.unwrap(cp.checkpoint)
-    return {
+    codes = {
         cp.CheckpointFunction.forward.__code__: (FORWARD, "ctx", None),
         cp.CheckpointFunction.backward.__code__: (RECOMPUTE, "ctx", None),
-        # checkpoint(use_reentrant=False) drives a generator whose frame holds the region.
-        entry.__code__: (FORWARD, "gen", "new_frame"),
         _nested_code(cp._checkpoint_hook.__init__, "unpack_hook"): (RECOMPUTE, "frame", None),
     }
+    # checkpoint(use_reentrant=False) drives a generator, held in a local `gen`, whose suspended
+    # frame holds the region as `new_frame`: the function holding it is checkpoint() itself in
+    # some releases and a helper of it (_checkpoint_impl) in others.
+    own = [f for f in vars(cp).values() if inspect.isfunction(f) and f.__module__ == cp.__name__]
+    entries = [inspect.unwrap(f) for f in own]
+    holders = [f.__code__ for f in entries if "gen" in f.__code__.co_varnames]
+    if not holders:
+        raise AttributeError("no function of torch.utils.checkpoint holds the generator as `gen`")
+    codes.update({code: (FORWARD, "gen", "new_frame") for code in holders})
+    return codes
 
 
 _CODES: dict[Any, tuple[str, str, str | None]] = (
