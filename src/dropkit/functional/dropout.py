@@ -104,7 +104,7 @@ def apply_dropout(
     the mask's words, ``prod(mask_shape(input.shape, dims))``.
     """
     if dims:
-        shape = mask_shape(input.shape, dims)
+        shape = tuple(1 if d in dims else s for d, s in enumerate(input.shape))  # dims are normalized
         numel = math.prod(shape)
         if numel != input.numel():
             # One pass over the full tensor with the reduced mask; backward keeps its bits.

@@ -158,3 +158,17 @@ def refuse_tracing() -> None:
         "training=TrainingMode.TRAINING): the trace would hold one fixed mask. Trace or export the "
         "model in eval mode"
     )
+
+
+def host_backend(device_type: str, dtype: torch.dtype | None) -> ModuleType | None:
+    """The backend for ``(device_type, dtype)`` when it reads host positions (the common CPU
+    case), else None; cached, for the per-call paths that skip the general dispatch."""
+    key = (device_type, dtype, getattr(_forced, "name", None))
+    backend = _host_routes.get(key, False)
+    if backend is False:
+        chosen = backend_for(torch.device(device_type), dtype)
+        backend = _host_routes[key] = chosen if chosen.POSITION == "host" else None
+    return backend
+
+
+_host_routes: dict[tuple, ModuleType | None] = {}

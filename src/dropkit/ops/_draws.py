@@ -13,6 +13,7 @@ from dropkit.ops._dispatch import (
     _tracing_state,
     backend_for,
     compiling,
+    host_backend,
     refuse_tracing,
 )
 
@@ -67,6 +68,10 @@ def keep_mask(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if type(seed) is int and type(offset) is int:  # host positions: eager code, no compile check
+        backend = host_backend(device.type, None)
+        if backend is not None:
+            return backend.keep_mask(numel, seed, offset, threshold, device)
     if compiling():
         return _keep_mask_op(_as_tensor(seed), _as_tensor(offset), numel, threshold, device)
     backend = backend_for(device)

@@ -3,19 +3,17 @@ definition that eager and compiled code share."""
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
 from dropkit import _torch
 from dropkit.ops._dispatch import (
     _as_tensor,
-    _forced,
     _functorch_active,
     _position,
     _tracing_state,
     backend_for,
     compiling,
+    host_backend,
     refuse_tracing,
 )
 
@@ -84,18 +82,6 @@ def _backward(grad, saved, seed, offset, threshold, scale, storage):
     return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
 
 
-def _host_cpu_backend(x: torch.Tensor) -> ModuleType | None:
-    """The backend for ``x`` when it is a host backend that eager code may call without the
-    general dispatch (the common CPU case), else None. Cached per (device type, dtype)."""
-    key = (x.device.type, x.dtype, getattr(_forced, "name", None))
-    backend = _host_routes.get(key, False)
-    if backend is False:
-        chosen = backend_for(x.device, x.dtype)
-        backend = _host_routes[key] = chosen if chosen.POSITION == "host" else None
-    return backend
-
-
-_host_routes: dict[tuple, ModuleType | None] = {}
 
 
 class _Dropout(torch.autograd.Function):
@@ -105,7 +91,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, saved, seed, offset, threshold, scale, storage):
         # Host positions (ints) only exist in eager code: the hot CPU path skips the dispatch.
-        backend = _host_cpu_backend(x) if type(seed) is int and type(offset) is int else None
+        backend = host_backend(x.device.type, x.dtype) if type(seed) is int and type(offset) is int else None
         if saved is None:
             if backend is not None:
                 y, saved = backend.dropout_forward(x, seed, offset, threshold, scale, storage)
@@ -125,7 +111,8 @@ class _Dropout(torch.autograd.Function):
             grad_x = _Dropout.apply(grad_y, saved, *ctx.args)
         else:
             seed, offset, threshold, scale, storage = ctx.args
-            backend = _host_cpu_backend(grad_y) if type(seed) is int and type(offset) is int else None
+            host = type(seed) is int and type(offset) is int
+            backend = host_backend(grad_y.device.type, grad_y.dtype) if host else None
             if backend is not None:
                 grad_x = backend.dropout_backward(grad_y, saved, seed, offset, threshold, scale, storage)
             else:
