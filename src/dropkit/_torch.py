@@ -27,9 +27,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORWARD", "RECOMPUTE", "probe_errors", "require", "in_backward", "hooks_active",
-           "checkpoint_regions", "may_be_checkpointed", "graph_task_id", "top_hooks", "function_apply",
-           "functorch_active", "tracing_state"]
+__all__ = [
+    "FORWARD",
+    "RECOMPUTE",
+    "probe_errors",
+    "require",
+    "checkpoint_regions",
+    "graph_task_id",
+    "top_hooks",
+    "function_apply",
+    "functorch_active",
+    "tracing_state",
+]
 
 FORWARD, RECOMPUTE = "forward", "recompute"
 
@@ -49,9 +58,13 @@ def _probe(name: str, find: Callable[[], Any]) -> Any:
 
 _graph_task_id = _probe("graph task id", lambda: torch._C._current_graph_task_id)
 _top_hooks = _probe("saved-tensor hooks", lambda: torch._C._autograd._top_saved_tensors_default_hooks)
-# The pre-filter of may_be_checkpointed, as plain C functions for hot paths to call inline. A
-# torch without them gets stand-ins that always say "maybe", so every call takes the exact
-# (slower) look at the call stack instead of a wrong shortcut.
+# The pre-filter that tells whether a call could be inside a checkpoint region, as plain C
+# functions for hot paths to call inline: reentrant checkpointing runs its first forward with
+# grad disabled and recomputes inside backward (graph task id != -1); non-reentrant
+# checkpointing runs under saved-tensor hooks. A grad-recording call outside backward with no
+# hooks is in no region, and pays no look at the call stack. A torch without these functions
+# gets stand-ins that always say "maybe", so every call takes the exact (slower) look instead
+# of a wrong shortcut.
 graph_task_id = _graph_task_id or (lambda: 0)
 top_hooks = _top_hooks or (lambda ignore_is_tracing: True)
 tracing_state = _probe("tracer state", lambda: torch._C._get_tracing_state) or (lambda: None)
@@ -118,27 +131,6 @@ def require(name: str, feature: str) -> None:
             f"{feature} needs torch internals that torch {torch.__version__} does not have "
             f"({name}: {_errors[name]}); dropkit cannot keep its guarantee here"
         )
-
-
-def in_backward() -> bool:
-    """True while the autograd engine runs a backward pass in this thread."""
-    return _graph_task_id is not None and _graph_task_id() != -1
-
-
-def hooks_active() -> bool:
-    """True while saved-tensor hooks (checkpointing, offloading) are active in this thread."""
-    return _top_hooks is not None and _top_hooks(False) is not None
-
-
-def may_be_checkpointed() -> bool:
-    """Whether the current call could be inside an activation-checkpoint region.
-
-    Reentrant checkpointing runs its first forward with grad disabled and recomputes inside
-    backward; non-reentrant checkpointing runs under saved-tensor hooks. A grad-recording call
-    outside backward with no hooks active is in no region, which is the common case and is
-    decided here without looking at the call stack.
-    """
-    return not torch.is_grad_enabled() or top_hooks(False) is not None or graph_task_id() != -1
 
 
 def checkpoint_regions() -> list[tuple[str, object]]:

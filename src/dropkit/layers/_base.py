@@ -143,7 +143,7 @@ class StreamModule(nn.Module):
             ops.refuse_tracing()
         if ops.compiling():
             return self._own_stream(True)
-        # may_be_checkpointed(), inlined: this runs on every forward.
+        # Could this call be in a checkpoint region? (dropkit._torch's pre-filter, inlined.)
         if not torch.is_grad_enabled() or _top_hooks(False) is not None or _graph_task_id() != -1:
             return self._checkpoint_stream()
         return self._own_stream(False)
