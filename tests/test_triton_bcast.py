@@ -117,3 +117,18 @@ def test_dropblock_matches_reference(shared, dtype):
         assert_identical(y, y_ref)
         g = tbc.dropblock_backward(x, saved, blocks, 3, 1, t, shared, scale, storage)
         assert_identical(g, ref.dropblock_backward(x, saved_ref, blocks, 3, 1, t, shared, scale, storage))
+
+
+@in_process
+def test_layers_route_shared_masks_to_the_triton_kernels():
+    import dropkit
+    from dropkit.ops import use_backend
+
+    x = make_input((2, 4, 96, 96), torch.float32)  # above ops' SMALL: the one-pass kernels run
+    makers = [lambda: dropkit.Dropout2d(0.3, seed=1), lambda: dropkit.DropPath(0.3, seed=1),
+              lambda: dropkit.FeatureAlphaDropout(0.3, seed=1), lambda: dropkit.DropBlock2d(0.3, 5, seed=1)]
+    for make in makers:
+        with use_backend("reference"):
+            expected = make()(x)
+        with use_backend("triton"):
+            assert_identical(make()(x), expected)

@@ -324,3 +324,25 @@ def dropout_backward(
         scale=scale, stream=(seed, offset), threshold=threshold, source=_SOURCE[storage],
     )
     return out
+
+
+# The shared-mask kernels (broadcast dims, alpha dropout, DropBlock) live in triton_bcast, which
+# builds on the kernels above (and imports this module); they are part of this backend's contract
+# and are looked up here on first use.
+_SHARED_MASK_OPS = (
+    "bcast_dropout_forward",
+    "bcast_dropout_backward",
+    "alpha_forward",
+    "alpha_backward",
+    "dropblock_forward",
+    "dropblock_backward",
+)
+__all__ += list(_SHARED_MASK_OPS)
+
+
+def __getattr__(name: str):
+    if name in _SHARED_MASK_OPS:
+        from dropkit.backends import triton_bcast
+
+        return getattr(triton_bcast, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
