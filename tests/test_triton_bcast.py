@@ -124,7 +124,7 @@ def test_layers_route_shared_masks_to_the_triton_kernels():
     import dropkit
     from dropkit.ops import use_backend
 
-    x = make_input((2, 4, 96, 96), torch.float32)  # above ops' SMALL: the one-pass kernels run
+    x = make_input((2, 4, 96, 96), torch.float32)
     makers = [lambda: dropkit.Dropout2d(0.3, seed=1), lambda: dropkit.DropPath(0.3, seed=1),
               lambda: dropkit.FeatureAlphaDropout(0.3, seed=1), lambda: dropkit.DropBlock2d(0.3, 5, seed=1)]
     for make in makers:

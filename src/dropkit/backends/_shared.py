@@ -5,6 +5,7 @@ draws a random word, so backends share them without calling one another.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -38,9 +39,17 @@ def check_mask_shape(shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[i
         >>> check_mask_shape((4, 3, 5), [4, 1, 1])
         (4, 1, 1)
     """
+    try:
+        return _checked_mask_shape(tuple(shape), tuple(mask_shape))
+    except TypeError:  # unhashable entries: checked (and refused) without the cache
+        return _checked_mask_shape.__wrapped__(tuple(shape), tuple(mask_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_mask_shape(shape: tuple[int, ...], mask_shape: tuple) -> tuple[int, ...]:
     ms = tuple(int(m) for m in mask_shape)
     if len(ms) != len(shape) or any(m not in (1, s) for m, s in zip(ms, shape, strict=True)):
-        raise ValueError(f"mask_shape {ms} must have the rank of {tuple(shape)}, each dim 1 or equal to it")
+        raise ValueError(f"mask_shape {ms} must have the rank of {shape}, each dim 1 or equal to it")
     return ms
 
 

@@ -160,6 +160,11 @@ def refuse_tracing() -> None:
     )
 
 
+def _forced_name() -> str | None:
+    """The backend :func:`use_backend` forces in this thread (None: not forced)."""
+    return getattr(_forced, "name", None)
+
+
 def host_backend(device_type: str, dtype: torch.dtype | None) -> ModuleType | None:
     """The backend for ``(device_type, dtype)`` when it reads host positions (the common CPU
     case), else None; cached, for the per-call paths that skip the general dispatch."""

@@ -9,9 +9,9 @@ import torch
 
 from dropkit import _torch
 from dropkit.backends import reference
-from dropkit.backends._shared import opmath_dtype
 from dropkit.ops._dispatch import (
     _as_tensor,
+    _forced_name,
     _functorch_active,
     _position,
     _tracing_state,
@@ -19,7 +19,6 @@ from dropkit.ops._dispatch import (
     compiling,
     refuse_tracing,
 )
-from dropkit.ops._draws import keep_mask
 
 # ---- Masks with broadcast dims, alpha dropout, DropBlock: one pass over the full tensor ----
 #
@@ -37,16 +36,25 @@ _MASKED = {
 
 
 def _masked_backend(kind: str, x: torch.Tensor) -> ModuleType:
-    backend = backend_for(x.device, x.dtype)
-    if not hasattr(backend, _MASKED[kind][0]):
-        return reference
+    key = (kind, x.device.type, x.dtype, _forced_name())
+    backend = _routes.get(key)
+    if backend is None:
+        backend = backend_for(x.device, x.dtype)
+        if not hasattr(backend, _MASKED[kind][0]):
+            backend = reference
+        _routes[key] = backend
     supports = getattr(backend, "supports_layout", None)
     return reference if supports is not None and not supports(x, tuple(x.shape)) else backend
 
 
-def _masked_forward(kind, x, shape_arg, seed, offset, threshold, params, storage):
+# (kind, device type, dtype, forced backend) -> the backend with that kind's functions.
+_routes: dict[tuple, ModuleType] = {}
+
+
+def _masked_forward(kind, x, shape_arg, seed, offset, threshold, params, storage, backend=None):
     """``(y, saved, extra)`` from the backend; ``extra`` is DropBlock's scale (else 0.0)."""
-    backend = _masked_backend(kind, x)
+    if backend is None:
+        backend = _masked_backend(kind, x)
     seed, offset = _position(backend, seed, offset, x.device)
     out = getattr(backend, _MASKED[kind][0])(x, shape_arg, seed, offset, threshold, *params, storage)
     return out[0], out[1], (out[2] if len(out) > 2 else 0.0)
@@ -102,11 +110,11 @@ def _(grad, saved, seed, offset, kind, shape_arg, threshold, bparams, extra, sto
     return torch.empty_like(grad)
 
 
-def _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage):
+def _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage, backend=None):
     if compiling():
         return _masked_fwd_op(x, _as_tensor(seed), _as_tensor(offset), kind, list(shape_arg), threshold,
                               [float(v) for v in params], storage)
-    return _masked_forward(kind, x, shape_arg, seed, offset, threshold, params, storage)
+    return _masked_forward(kind, x, shape_arg, seed, offset, threshold, params, storage, backend)
 
 
 def _run_masked_bwd(kind, grad, saved, shape_arg, seed, offset, threshold, bparams, extra, storage):
@@ -135,8 +143,9 @@ class _MaskedGrad(torch.autograd.Function):
 
 class _Masked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kind, shape_arg, seed, offset, threshold, params, storage):
-        y, saved, extra = _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage)
+    def forward(ctx, x, kind, shape_arg, seed, offset, threshold, params, storage, backend=None):
+        y, saved, extra = _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage,
+                                          backend)
         ctx.save_for_backward(saved)
         # (kind, shape_arg, seed, offset, threshold, backward params, DropBlock's scale, storage)
         ctx.args = (kind, shape_arg, seed, offset, threshold, _bwd_params(kind, params), extra, storage)
@@ -150,16 +159,22 @@ class _Masked(torch.autograd.Function):
             grad_x = _MaskedGrad.apply(grad_y, saved, ctx.args)
         else:
             grad_x = _run_masked_bwd(ctx.args[0], grad_y, saved, *ctx.args[1:])
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def _masked(kind, x, shape_arg, seed, offset, threshold, params, storage) -> torch.Tensor:
     if _tracing_state() is not None:
         refuse_tracing()
+    if _functorch_active():
+        return _Masked.apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
+    if compiling():
+        return _masked_apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
+    backend = _masked_backend(kind, x)
     if not (x.requires_grad and torch.is_grad_enabled()):
-        storage = "seed"  # nothing will be needed for backward
-    apply = _Masked.apply if _functorch_active() else _masked_apply
-    return apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
+        # Nothing will be needed for backward, and no graph node either (inference, MC dropout).
+        return _masked_forward(kind, x, tuple(shape_arg), seed, offset, threshold, tuple(params), "seed",
+                               backend)[0]
+    return _masked_apply(x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage, backend)
 
 
 _masked_apply = _torch.function_apply(_Masked)
@@ -181,20 +196,7 @@ def bcast_dropout(
         >>> torch.equal(y, torch.where(keep, x * 2.0, torch.zeros(())))
         True
     """
-    if x.numel() < SMALL and not compiling():
-        # Below SMALL elements the one-pass kernel saves little memory traffic and its Python
-        # autograd node costs more than the whole operation (~50 us per call, forward and
-        # backward): torch's where runs the same arithmetic with a C++ autograd node. Backward
-        # then keeps the reduced mask as bools (1 byte per mask entry, not 1 bit).
-        keep = keep_mask(math.prod(mask_shape), seed, offset, threshold, x.device).view(mask_shape)
-        opmath = opmath_dtype(x.dtype)
-        scaled = x.to(opmath) * torch.tensor(scale, dtype=opmath, device=x.device)
-        return torch.where(keep, scaled, torch.zeros((), dtype=opmath, device=x.device)).to(x.dtype)
     return _masked("bcast", x, mask_shape, seed, offset, threshold, (scale,), storage)
-
-
-# Elements below which a shared mask is applied with torch.where instead of the one-pass kernel.
-SMALL = 1 << 16
 
 
 def alpha(

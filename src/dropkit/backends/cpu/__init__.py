@@ -15,6 +15,7 @@ releases it around foreign calls).
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import math
 import os
@@ -95,6 +96,8 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     _dbl = ctypes.c_double
     lib.dk_bcast_apply.argtypes = [_int, _int, _int, _ptr, _ptr, _ptr, _u64, _int, _ptr, _ptr, _ptr, _ptr,
                                    _dbl, _dbl, _dbl, _dbl, _int]
+    lib.dk_bcast_draw_apply.argtypes = [_int, _int, _int, _ptr, _ptr, _ptr, _ptr, _u64, _u64, _u64, _u64,
+                                        _int, _ptr, _ptr, _ptr, _ptr, _dbl, _dbl, _dbl, _dbl, _int]
     lib.dk_dropblock_mask.argtypes = [_int, _u64, _u64, _u64, _u64, _int, _ptr, _ptr, _ptr, _ptr, _int]
     return lib, None
 
@@ -387,19 +390,29 @@ def _loop_nest(
     return merged or [(1, 1, 1, 0)]
 
 
+@functools.lru_cache(maxsize=1024)
+def _plan(
+    shape: tuple[int, ...], x_strides: tuple[int, ...], y_strides: tuple[int, ...],
+    mask_shape: tuple[int, ...],
+) -> tuple:
+    """:func:`_loop_nest` as the C kernel's arguments ``(nd, sizes, x strides, y strides, mask
+    strides)``, built once per layout: a model calls its layers with the same shapes every step."""
+    nest = _loop_nest(shape, x_strides, y_strides, mask_shape)
+    array = ctypes.c_int64 * len(nest)
+    return (len(nest), *(array(*(t[k] for t in nest)) for k in range(4)))
+
+
 def _bcast_apply(
     op: int, x: torch.Tensor, y: torch.Tensor, bits: torch.Tensor, mask_shape: tuple[int, ...],
     scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
 ) -> None:
-    nest = _loop_nest(x.shape, x.stride(), y.stride(), mask_shape)
-    array = ctypes.c_int64 * len(nest)  # sizes and strides as C arrays (no tensor per call)
-    cols = [array(*(t[k] for t in nest)) for k in range(4)]
-    _check(
-        _lib.dk_bcast_apply(
-            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
-            math.prod(mask_shape), len(nest), *cols, scale, a, b, c, torch.get_num_threads(),
-        )
+    nest = _plan(x.shape, x.stride(), y.stride(), mask_shape)
+    code = _lib.dk_bcast_apply(
+        _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(), math.prod(mask_shape),
+        *nest, scale, a, b, c, torch.get_num_threads(),
     )
+    if code:
+        _check(code)
 
 
 def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
@@ -411,7 +424,9 @@ def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
         >>> supports_layout(torch.ones(2, 3, 4), (2, 1, 1))
         True
     """
-    return _lib is not None and x.dtype in _DTYPES and sum(1 for s in x.shape if s != 1) <= _MAX_DIMS
+    return _lib is not None and x.dtype in _DTYPES and (
+        x.dim() <= _MAX_DIMS or sum(1 for s in x.shape if s != 1) <= _MAX_DIMS
+    )
 
 
 def _require_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> None:
@@ -451,10 +466,19 @@ def _forward_masked(
         raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
     n = math.prod(mask_shape)
     bools = torch.empty(n, dtype=torch.bool) if storage == "bool" else None
-    bits = _mask_bits(n, seed, offset, threshold, bools)
+    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
     y = torch.empty_like(x)
-    if x.numel():
-        _bcast_apply(op, x, y, bits, mask_shape, scale, a, b, c)
+    if x.numel():  # the mask drawn and applied in one call
+        nest = _plan(x.shape, x.stride(), y.stride(), mask_shape)
+        code = _lib.dk_bcast_draw_apply(
+            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
+            None if bools is None else bools.data_ptr(), seed, offset, threshold, n, *nest, scale, a, b, c,
+            torch.get_num_threads(),
+        )
+        if code:
+            _check(code)
+    elif n:  # an empty tensor still draws (and saves) its mask
+        bits = _mask_bits(n, seed, offset, threshold, bools)
     saved = bits if storage == "bits" else (bools if storage == "bool" else torch.empty(0, dtype=torch.uint8))
     return y, saved
 

@@ -18,7 +18,7 @@
 
 #define DK_MAX_DIMS 8
 #define DK_TILE 2048
-#define DK_MIN_PER_THREAD (1u << 17)
+#define DK_MIN_PER_THREAD (1u << 15)
 #define DK_MAX_THREADS 256
 
 enum { DK_OP_SCALE = 0, DK_OP_ALPHA = 1 };
@@ -184,6 +184,20 @@ int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uin
     J.per = (J.total + (uint64_t)J.nt - 1) / (uint64_t)J.nt;
     dk_parallel(J.nt, bcast_part, &J);
     return 0;
+}
+
+/* dk_bcast_apply after drawing its mask: the nbits stream words from (seed, offset) compared with
+ * threshold fill bits (and bools, when not NULL) as dk_run's mask-only mode fills them. One call
+ * where a layer would otherwise make two; same return codes, and those of dk_run. */
+int dk_bcast_draw_apply(int isa, int op, int dtype, const void *x, void *y, uint8_t *bits, uint8_t *bools,
+                        uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nbits, int nd,
+                        const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
+                        double scale, double a, double b, double c, int nthreads) {
+    if (nbits) {
+        int err = dk_run(isa, 0, NULL, NULL, NULL, NULL, bits, bools, seed, offset, threshold, 0.0, nbits, nthreads);
+        if (err) return err;
+    }
+    return dk_bcast_apply(isa, op, dtype, x, y, bits, nbits, nd, sizes, xstr, ystr, mstr, scale, a, b, c, nthreads);
 }
 
 /* ---- DropBlock ---- */

@@ -193,4 +193,9 @@ static inline uint16_t dk_f32_to_half(float f) {
     }
 #define DK_ALPHA_TABLE(S) {NULL, alpha_f32_##S, alpha_f64_##S, alpha_bf16_##S, alpha_f16_##S}
 
+/* The element-wise kernel (dk_cpu.c), which the broadcast kernels call to draw their masks. */
+int dk_run(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, const uint8_t *bool_in,
+           uint8_t *bits_out, uint8_t *bool_out, uint64_t seed, uint64_t offset, uint64_t threshold,
+           double scale, uint64_t n, int nthreads);
+
 #endif
