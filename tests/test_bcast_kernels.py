@@ -127,6 +127,20 @@ def test_bcast_channels_last_large(isa, threads):
         check_bcast(x, ms, 3, 5, 2**31, "bits")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels", [3, 64, 70, 1000])
+def test_channels_last_rows_share_one_mask_pattern(isa, threads, dtype, channels):
+    # channels_last with a per-channel mask runs whole rows of C elements as one periodic stretch;
+    # two threads split it inside a row.
+    x = make_input((3, channels, 11, 13), dtype).contiguous(memory_format=torch.channels_last)
+    ms = (3, channels, 1, 1)
+    check_bcast(x, ms, 7, 2**32 - 9, 429496730, "bits")
+    a, b, alpha_p = alpha_affine(0.3)
+    args = (ms, 7, 2**32 - 9, keep_threshold(0.3))
+    y, _ = cpu.alpha_forward(x, *args, a, b, a * alpha_p + b, "seed")
+    assert_same(y, reference.alpha_forward(x, *args, a, b, a * alpha_p + b, "seed")[0])
+
+
 def test_bcast_bad_mask_shape():
     with pytest.raises(ValueError, match="mask_shape"):
         cpu.bcast_dropout_forward(torch.ones(2, 3), (2, 2), 0, 0, 0, 1.0, "bits")

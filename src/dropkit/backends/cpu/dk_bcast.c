@@ -101,6 +101,44 @@ static void run_segment(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uin
     }
 }
 
+/* Whether whole rows of the innermost dim can be run as one contiguous stretch with a periodic
+ * mask: rows of len elements lying end to end in x and y (the next dim's strides are len), the
+ * mask varying along the row but not across rows (channels_last with a per-channel mask). */
+static int periodic_rows(const bc_job *J) {
+    if (J->nd < 2) return 0;
+    const int last = J->nd - 1;
+    const int64_t len = J->size[last];
+    return J->xs[last] == 1 && J->ys[last] == 1 && J->ms[last] == 1 && J->ms[last - 1] == 0 &&
+           J->xs[last - 1] == len && J->ys[last - 1] == len && len <= DK_TILE / 2;
+}
+
+/* nrows whole rows starting at element offsets xo, yo, the row's mask starting at bit mo: the
+ * row's mask bits are laid out rows_per_tile times in a row, once, and each tile of that many
+ * rows is one apply call. */
+static void run_periodic(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t nrows) {
+    const uint64_t len = (uint64_t)J->size[J->nd - 1], per_tile = DK_TILE / len;
+    uint64_t masks[DK_TILE / DK_CHUNK + 1];
+    memset(masks, 0, sizeof masks);
+    for (uint64_t r = 0; r < per_tile; r++) {
+        for (uint64_t k = 0; k < len; k += 64) {
+            uint64_t pos = r * len + k, w = bits64_at(J->bits, J->nbits, (uint64_t)mo + k);
+            if (len - k < 64) w &= (UINT64_C(1) << (len - k)) - 1;
+            masks[pos >> 6] |= w << (pos & 63);
+            if (pos & 63) masks[(pos >> 6) + 1] |= w >> (64 - (pos & 63));
+        }
+    }
+    const size_t esz = J->esz;
+    for (uint64_t r = 0; r < nrows; r += per_tile) {
+        size_t m = (size_t)((nrows - r < per_tile ? nrows - r : per_tile) * len);
+        const char *xp = J->x + (xo + (int64_t)(r * len)) * (int64_t)esz;
+        char *yp = J->y + (yo + (int64_t)(r * len)) * (int64_t)esz;
+        if (J->op == DK_OP_SCALE)
+            J->ops->apply[J->dtype](xp, yp, masks, m, J->scale);
+        else
+            J->ops->alpha[J->dtype](xp, yp, masks, m, J->a, J->b, J->c);
+    }
+}
+
 /* Elements [lo, hi) of the iteration order (row-major over the loop nest). */
 static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
     if (lo >= hi) return;
@@ -113,6 +151,7 @@ static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
         row /= (uint64_t)J->size[d];
     }
     uint64_t pos = lo;
+    const int periodic = periodic_rows(J);
     while (pos < hi) {
         int64_t xo = 0, yo = 0, mo = 0;
         for (int d = 0; d < last; d++) {
@@ -120,10 +159,18 @@ static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
             yo += idx[d] * J->ys[d];
             mo += idx[d] * J->ms[d];
         }
-        uint64_t end = len - j < hi - pos ? len : j + (hi - pos);
-        run_segment(J, xo, yo, mo, j, end);
-        pos += end - j;
-        j = 0;
+        if (periodic && j == 0 && hi - pos >= 2 * len) { /* whole rows, up to the end of dim last - 1 */
+            uint64_t rows = (uint64_t)(J->size[last - 1] - idx[last - 1]), fit = (hi - pos) / len;
+            if (rows > fit) rows = fit;
+            run_periodic(J, xo, yo, mo, rows);
+            pos += rows * len;
+            idx[last - 1] += (int64_t)rows - 1; /* the last of them; the carry below moves past it */
+        } else {
+            uint64_t end = len - j < hi - pos ? len : j + (hi - pos);
+            run_segment(J, xo, yo, mo, j, end);
+            pos += end - j;
+            j = 0;
+        }
         for (int d = last - 1; d >= 0; d--) { /* next row */
             if (++idx[d] < J->size[d]) break;
             idx[d] = 0;
