@@ -7,6 +7,7 @@ every backend, thread count, memory layout and compile mode.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -88,6 +89,13 @@ def evaluation(input: torch.Tensor, p: float, mode: str, inplace: bool) -> torch
     return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
 
 
+@functools.lru_cache(maxsize=1024)
+def _reduced(shape: torch.Size, dims: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """The mask shape over ``shape`` with the (normalized) ``dims`` shared, and its size."""
+    reduced = tuple(1 if d in dims else s for d, s in enumerate(shape))
+    return reduced, math.prod(reduced)
+
+
 def apply_dropout(
     input: torch.Tensor,
     threshold: int,
@@ -104,8 +112,7 @@ def apply_dropout(
     the mask's words, ``prod(mask_shape(input.shape, dims))``.
     """
     if dims:
-        shape = tuple(1 if d in dims else s for d, s in enumerate(input.shape))  # dims are normalized
-        numel = math.prod(shape)
+        shape, numel = _reduced(input.shape, dims)
         if numel != input.numel():
             # One pass over the full tensor with the reduced mask; backward keeps its bits.
             seed, offset = stream.take(numel)

@@ -64,8 +64,10 @@ def _bwd_params(kind: str, params: tuple) -> tuple:
     return params[:1]  # bcast: (scale,); alpha: (a,); dropblock: (shared_channels,)
 
 
-def _masked_backward(kind, grad, saved, shape_arg, seed, offset, threshold, bparams, extra, storage):
-    backend = _masked_backend(kind, grad)
+def _masked_backward(kind, grad, saved, shape_arg, seed, offset, threshold, bparams, extra, storage,
+                     backend=None):
+    if backend is None:
+        backend = _masked_backend(kind, grad)
     seed, offset = _position(backend, seed, offset, grad.device)
     if kind == "dropblock":
         bparams = (bool(bparams[0]), float(extra))
@@ -144,8 +146,12 @@ class _MaskedGrad(torch.autograd.Function):
 class _Masked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, shape_arg, seed, offset, threshold, params, storage, backend=None):
-        y, saved, extra = _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage,
-                                          backend)
+        if backend is None:  # under torch.compile or functorch: the general route
+            y, saved, extra = _run_masked_fwd(kind, x, shape_arg, seed, offset, threshold, params, storage)
+        else:  # eager, the backend chosen by _masked
+            y, saved, extra = _masked_forward(kind, x, shape_arg, seed, offset, threshold, params, storage,
+                                              backend)
+        ctx.backend = backend
         ctx.save_for_backward(saved)
         # (kind, shape_arg, seed, offset, threshold, backward params, DropBlock's scale, storage)
         ctx.args = (kind, shape_arg, seed, offset, threshold, _bwd_params(kind, params), extra, storage)
@@ -157,6 +163,8 @@ class _Masked(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         if torch.is_grad_enabled():
             grad_x = _MaskedGrad.apply(grad_y, saved, ctx.args)
+        elif ctx.backend is not None:  # eager: the forward's backend (grad has x's device and dtype)
+            grad_x = _masked_backward(ctx.args[0], grad_y, saved, *ctx.args[1:], backend=ctx.backend)
         else:
             grad_x = _run_masked_bwd(ctx.args[0], grad_y, saved, *ctx.args[1:])
         return grad_x, None, None, None, None, None, None, None, None

@@ -429,10 +429,31 @@ def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
     )
 
 
+def _checked_layout(x: torch.Tensor, mask_shape: Sequence[int]) -> tuple[tuple[int, ...], bool]:
+    """``(mask_shape as a tuple, whether it is x's whole shape on a contiguous x)``, after the checks
+    of :func:`check_mask_shape` and :func:`_require_layout`; remembered per layout."""
+    try:
+        return _layout(x.shape, x.dtype, tuple(mask_shape), x.is_contiguous())
+    except TypeError:  # unhashable entries: checked (and refused) without the cache
+        return _layout.__wrapped__(x.shape, x.dtype, tuple(mask_shape), x.is_contiguous())
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(shape: torch.Size, dtype: torch.dtype, mask_shape: tuple, contiguous: bool) -> tuple:
+    ms = check_mask_shape(shape, mask_shape)
+    if not (_lib is not None and dtype in _DTYPES and sum(1 for s in shape if s != 1) <= _MAX_DIMS):
+        raise ValueError(_layout_refused(shape, dtype))
+    return ms, contiguous and ms == tuple(shape)
+
+
+def _layout_refused(shape: Sequence[int], dtype: torch.dtype) -> str:
+    return (f"the native broadcast kernels take at most {_MAX_DIMS} dims of size > 1 and "
+            f"dtypes {sorted(map(str, _DTYPES))}; got {tuple(shape)} {dtype}")
+
+
 def _require_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> None:
     if not supports_layout(x, mask_shape):
-        raise ValueError(f"the native broadcast kernels take at most {_MAX_DIMS} dims of size > 1 and "
-                         f"dtypes {sorted(map(str, _DTYPES))}; got {tuple(x.shape)} {x.dtype}")
+        raise ValueError(_layout_refused(x.shape, x.dtype))
 
 
 def _mask_bits(
@@ -510,9 +531,8 @@ def bcast_dropout_forward(
         >>> torch.equal(y, reference.bcast_dropout_forward(x, (4, 1, 1), 0, 0, 2**31, 2.0, "bits")[0])
         True
     """
-    ms = check_mask_shape(x.shape, mask_shape)
-    _require_layout(x, ms)
-    if ms == tuple(x.shape) and x.is_contiguous():
+    ms, whole = _checked_layout(x, mask_shape)
+    if whole:
         return dropout_forward(x, seed, offset, threshold, scale, storage)
     return _forward_masked(_OP_SCALE, x, ms, seed, offset, threshold, storage, scale)
 
@@ -540,9 +560,8 @@ def bcast_dropout_backward(
         ...             bcast_dropout_backward(g, bits, (1, 3, 5), 0, 0, 2**31, 2.0, "seed"))
         True
     """
-    ms = check_mask_shape(grad.shape, mask_shape)
-    _require_layout(grad, ms)
-    if ms == tuple(grad.shape) and grad.is_contiguous():
+    ms, whole = _checked_layout(grad, mask_shape)
+    if whole:
         return dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
     bits = _bits_of_saved(saved, math.prod(ms), seed, offset, threshold, storage)
     out = torch.empty_like(grad)
@@ -579,8 +598,7 @@ def alpha_forward(
         >>> torch.equal(y, reference.alpha_forward(x, (2, 3, 1), 1, 0, 2**31, 2.0, 0.5, -1.0, "seed")[0])
         True
     """
-    ms = check_mask_shape(x.shape, mask_shape)
-    _require_layout(x, ms)
+    ms, _ = _checked_layout(x, mask_shape)
     return _forward_masked(_OP_ALPHA, x, ms, seed, offset, threshold, storage, 0.0, a, b, fill)
 
 
