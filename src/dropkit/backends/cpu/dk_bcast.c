@@ -18,7 +18,7 @@
 
 #define DK_MAX_DIMS 8
 #define DK_TILE 2048
-#define DK_MIN_PER_THREAD (1u << 15)
+#define DK_MIN_PER_THREAD (1u << 17)
 #define DK_MAX_THREADS 256
 
 enum { DK_OP_SCALE = 0, DK_OP_ALPHA = 1 };
