@@ -144,9 +144,9 @@ static inline __m256d horner(__m256d x, const double *c, int n) {
     return acc;
 }
 
-static const double L_COEF[10] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6, DK_L7, DK_L8, DK_L9};
-static const double S_COEF[9] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6, DK_S7, DK_S8};
-static const double C_COEF[10] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6, DK_C7, DK_C8, DK_C9};
+static const double L_COEF[7] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6};
+static const double S_COEF[7] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6};
+static const double C_COEF[7] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6};
 
 /* The pairs (w1, w2) given as k1 = w1 >> 8, k2 = w2 >> 8 (4 lanes each): z0 and z1. */
 static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
@@ -165,7 +165,7 @@ static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
     const __m256d onev = _mm256_set1_pd(1.0);
     __m256d s = _mm256_div_pd(_mm256_sub_pd(f, onev), _mm256_add_pd(f, onev));
     __m256d z = _mm256_mul_pd(s, s);
-    __m256d R = horner(z, L_COEF, 10);
+    __m256d R = horner(z, L_COEF, 7);
     __m256d lf = _mm256_add_pd(_mm256_add_pd(s, s), _mm256_mul_pd(_mm256_mul_pd(s, z), R));
     __m256d lo = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_LO)), lf);
     __m256d lnu = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_HI)), lo);
@@ -175,8 +175,8 @@ static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
     __m128i it = _mm_sub_epi32(_mm_add_epi32(_mm_add_epi32(k2, k2), one), _mm_slli_epi32(q, 23));
     __m256d t = _mm256_mul_pd(_mm256_cvtepi32_pd(it), _mm256_set1_pd(0x1p-23));
     __m256d t2 = _mm256_mul_pd(t, t);
-    __m256d sn = _mm256_mul_pd(t, horner(t2, S_COEF, 9));
-    __m256d C = horner(t2, C_COEF, 10);
+    __m256d sn = _mm256_mul_pd(t, horner(t2, S_COEF, 7));
+    __m256d C = horner(t2, C_COEF, 7);
     /* lane masks of q & 1 and q & 2, widened to 64 bits */
     __m256d odd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, one), one)));
     __m256i neg = _mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, _mm_set1_epi32(2)), _mm_set1_epi32(2)));

@@ -7,13 +7,13 @@
  * With k1 = w1 >> 8 and k2 = w2 >> 8, the uniforms are u = (2k + 1) 2^-25:
  *   ln u1:  a = 2k1 + 1 = f 2^e with f in [1, 2) (exact split); if f > sqrt 2 then f = f / 2,
  *           e = e + 1; E = e - 25; s = (f - 1) / (f + 1); z = s s;
- *           R = L9; R = R z + L8; ... R = R z + L0;  lf = (s + s) + (s z) R;
+ *           R = L6; R = R z + L5; ... R = R z + L0;  lf = (s + s) + (s z) R;
  *           ln u1 = E LN2_HI + (E LN2_LO + lf).
  *   r = sqrt(ln u1 * -2).
  *   angle:  q = (k2 + 2^21) >> 22 (the nearest quadrant of 4 u2, 0..4); t = (2k2 + 1 - q 2^23) 2^-23
  *           in (-1/2, 1/2) (exact); t2 = t t;
- *           S = S8; S = S t2 + S7; ... S = S t2 + S0; sn = t S          (sin(pi t / 2))
- *           C = C9; C = C t2 + C8; ... C = C t2 + C0                      (cos(pi t / 2))
+ *           S = S6; S = S t2 + S5; ... S = S t2 + S0; sn = t S          (sin(pi t / 2))
+ *           C = C6; C = C t2 + C5; ... C = C t2 + C0                      (cos(pi t / 2))
  *           (c, s) = (C, sn), (-sn, C), (-C, -sn), (sn, -C) for q mod 4 = 0, 1, 2, 3.
  *   z0 = r c, z1 = r s. */
 #ifndef DK_NORMAL_H
@@ -23,38 +23,30 @@
 
 #include <math.h>
 
-/* 2 / (2k + 3), k = 0 .. 9: ln f = 2 atanh(s) = 2s + s z (L0 + L1 z + ...). */
-#define DK_L0 0x1.5555555555555p-1
-#define DK_L1 0x1.999999999999ap-2
-#define DK_L2 0x1.2492492492492p-2
-#define DK_L3 0x1.c71c71c71c71cp-3
-#define DK_L4 0x1.745d1745d1746p-3
-#define DK_L5 0x1.3b13b13b13b14p-3
-#define DK_L6 0x1.1111111111111p-3
-#define DK_L7 0x1.e1e1e1e1e1e1ep-4
-#define DK_L8 0x1.af286bca1af28p-4
-#define DK_L9 0x1.8618618618618p-4
-/* (-1)^k (pi/2)^(2k+1) / (2k+1)!, k = 0 .. 8 */
+/* Near-minimax polynomials (Chebyshev fits, coefficients rounded to float64), lowest power first:
+ * L: (2 atanh(s) - 2s) / s^3 as a polynomial in z = s^2, for z in [0, 0.0295];
+ * S: sin(pi t / 2) / t and C: cos(pi t / 2) as polynomials in t^2, for t^2 in [0, 1/4]. */
+#define DK_L0 0x1.5555555555558p-1
+#define DK_L1 0x1.99999999952e2p-2
+#define DK_L2 0x1.2492492df148dp-2
+#define DK_L3 0x1.c71c62e5800a1p-3
+#define DK_L4 0x1.7462b4ab2ef6bp-3
+#define DK_L5 0x1.39fe606542ddep-3
+#define DK_L6 0x1.2b584aae78a57p-3
 #define DK_S0 0x1.921fb54442d18p+0
-#define DK_S1 (-0x1.4abbce625be53p-1)
-#define DK_S2 0x1.466bc6775aae2p-4
-#define DK_S3 (-0x1.32d2cce62bd86p-8)
-#define DK_S4 0x1.50783487ee782p-13
-#define DK_S5 (-0x1.e3074fde8871fp-19)
-#define DK_S6 0x1.e8f434d018d63p-25
-#define DK_S7 (-0x1.6fadb9f155744p-31)
-#define DK_S8 0x1.aaec32af93359p-38
-/* (-1)^k (pi/2)^(2k) / (2k)!, k = 0 .. 9 */
+#define DK_S1 (-0x1.4abbce625be41p-1)
+#define DK_S2 0x1.466bc677587f8p-4
+#define DK_S3 (-0x1.32d2cce2e5b19p-8)
+#define DK_S4 0x1.50782fda12d96p-13
+#define DK_S5 (-0x1.e30071afc3e59p-19)
+#define DK_S6 0x1.e3f38399551bfp-25
 #define DK_C0 1.0
-#define DK_C1 (-0x1.3bd3cc9be45dep+0)
-#define DK_C2 0x1.03c1f081b5ac4p-2
-#define DK_C3 (-0x1.55d3c7e3cbffap-6)
-#define DK_C4 0x1.e1f506891babbp-11
-#define DK_C5 (-0x1.a6d1f2a204a8cp-16)
-#define DK_C6 0x1.f9d38a3763cc3p-22
-#define DK_C7 (-0x1.b6e24f44b128fp-28)
-#define DK_C8 0x1.20c62c2f2d7f5p-34
-#define DK_C9 (-0x1.2a0c591af8314p-41)
+#define DK_C1 (-0x1.3bd3cc9be458bp+0)
+#define DK_C2 0x1.03c1f081b0780p-2
+#define DK_C3 (-0x1.55d3c7dbfd139p-6)
+#define DK_C4 0x1.e1f4fb60281f6p-11
+#define DK_C5 (-0x1.a6c9c1be9eb49p-16)
+#define DK_C6 0x1.f3dbcea61b1a4p-22
 /* ln 2 split so that E * DK_LN2_HI is exact for |E| < 2^20 (fdlibm's), and sqrt 2 */
 #define DK_LN2_HI 0x1.62e42fee00000p-1
 #define DK_LN2_LO 0x1.a39ef35793c76p-33
@@ -85,10 +77,7 @@ static inline double dk_normal_log(uint32_t k) {
     double E = (double)(e - 25);
     double s = (f - 1.0) / (f + 1.0);
     double z = s * s;
-    double R = DK_L9;
-    R = R * z + DK_L8;
-    R = R * z + DK_L7;
-    R = R * z + DK_L6;
+    double R = DK_L6;
     R = R * z + DK_L5;
     R = R * z + DK_L4;
     R = R * z + DK_L3;
@@ -104,9 +93,7 @@ static inline void dk_normal_cossin(uint32_t k, double *c, double *s) {
     uint32_t q = (k + (1u << 21)) >> 22;
     double t = (double)((int32_t)(2 * k + 1) - (int32_t)(q << 23)) * 0x1p-23;
     double t2 = t * t;
-    double S = DK_S8;
-    S = S * t2 + DK_S7;
-    S = S * t2 + DK_S6;
+    double S = DK_S6;
     S = S * t2 + DK_S5;
     S = S * t2 + DK_S4;
     S = S * t2 + DK_S3;
@@ -114,10 +101,7 @@ static inline void dk_normal_cossin(uint32_t k, double *c, double *s) {
     S = S * t2 + DK_S1;
     S = S * t2 + DK_S0;
     double sn = t * S;
-    double C = DK_C9;
-    C = C * t2 + DK_C8;
-    C = C * t2 + DK_C7;
-    C = C * t2 + DK_C6;
+    double C = DK_C6;
     C = C * t2 + DK_C5;
     C = C * t2 + DK_C4;
     C = C * t2 + DK_C3;
