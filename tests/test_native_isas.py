@@ -19,7 +19,8 @@ FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 
 def build_and_run(compiler: str, extra: list[str], runner: list[str], tmp_path: Path) -> str:
     exe = tmp_path / "isa_check"
-    subprocess.run([compiler, *FLAGS, *extra, HARNESS, *SOURCES, "-o", str(exe), "-lpthread", "-lm"], check=True)
+    cmd = [compiler, *FLAGS, *extra, HARNESS, *SOURCES, "-o", str(exe), "-lpthread", "-lm"]
+    subprocess.run(cmd, check=True)
     result = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

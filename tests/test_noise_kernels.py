@@ -25,7 +25,7 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STREAMS = [(0, 0), (2**64 - 1, 2**64 - 3), (12345, 2**32 - 1)]
 # Sizes around the kernels' units: a pair, a 64-element chunk, a 2048-element tile, a thread share.
 SIZES = [1, 2, 3, 63, 64, 65, 2047, 2049, 70001]
-native = pytest.mark.skipif(cpu.load_error() is not None, reason=f"native kernel unavailable: {cpu.load_error()}")
+native = pytest.mark.skipif(cpu.load_error() is not None, reason=f"no native kernel: {cpu.load_error()}")
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,8 @@ def test_cos_sin_are_within_an_ulp_of_math_on_every_input():
         k = torch.arange(part * 2**22, (part + 1) * 2**22)
         cos, sin = _shared.normal_cos_sin(k)
         angle = 2 * math.pi * ((k.to(torch.float64) + 0.5) * 2.0**-24)
-        worst = max(worst, float((cos - torch.cos(angle)).abs().max()), float((sin - torch.sin(angle)).abs().max()))
+        errors = (cos - torch.cos(angle)).abs().max(), (sin - torch.sin(angle)).abs().max()
+        worst = max(worst, *(float(e) for e in errors))
     # the reference angle itself carries a rounding error of up to 4.4e-16 (2 pi u near 2 pi)
     assert worst < 2e-15
 
@@ -77,7 +78,8 @@ def test_transform_is_accurate_against_high_precision():
     cos, sin = _shared.normal_cos_sin(ks)
     for i, k in enumerate(ks.tolist()):
         u = mp.mpf(2 * k + 1) / 2**25
-        for got, exact in ((logs[i], mp.log(u)), (cos[i], mp.cos(2 * mp.pi * u)), (sin[i], mp.sin(2 * mp.pi * u))):
+        exact_values = (mp.log(u), mp.cos(2 * mp.pi * u), mp.sin(2 * mp.pi * u))
+        for got, exact in zip((logs[i], cos[i], sin[i]), exact_values, strict=True):
             assert abs((float(got) - exact) / exact) < 5e-16
 
 
@@ -138,9 +140,10 @@ def test_docs_normal_vectors():
     for seed, offset, values in rows:
         documented = [float.fromhex(v) for v in values.split()]
         words = philox_words(int(seed), int(offset), 4).tolist()
-        independent = [*_doc_normal_pair(words[0], words[1], consts), *_doc_normal_pair(words[2], words[3], consts)]
+        independent = [*_doc_normal_pair(*words[:2], consts), *_doc_normal_pair(*words[2:], consts)]
         assert documented == independent
-        assert ops.normal(4, int(seed), int(offset), torch.float64, torch.device("cpu")).tolist() == documented
+        drawn = ops.normal(4, int(seed), int(offset), torch.float64, torch.device("cpu"))
+        assert drawn.tolist() == documented
 
 
 def test_normals_are_standard_normal():
@@ -204,7 +207,8 @@ def test_native_gaussian_apply_on_special_values(each_path, dtype):
     x = specials.repeat(50).to(dtype)
     for _ in each_path():
         for additive in (False, True):
-            assert_identical(cpu.gaussian_apply(x, 9, 4, 2.5, additive), ref.gaussian_apply(x, 9, 4, 2.5, additive))
+            expected = ref.gaussian_apply(x, 9, 4, 2.5, additive)
+            assert_identical(cpu.gaussian_apply(x, 9, 4, 2.5, additive), expected)
 
 
 @native

@@ -5,7 +5,6 @@ draws a random word, so backends share them without calling one another.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np

@@ -128,7 +128,9 @@ def _gaussian_kernel(x_ptr, y_ptr, c_ptr, n, seed_ptr, off_ptr, coef_ptr, ADDITI
 
 
 def _device_position(v: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return v if isinstance(v, torch.Tensor) else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
 
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -147,8 +149,9 @@ def normal(
     direct = dtype in _TL
     out = torch.empty(numel, dtype=dtype if direct else torch.float64, device=device)
     if numel:
+        position = _device_position(seed, device), _device_position(offset, device)
         _normal_kernel[(triton.cdiv(numel, 4 * BLOCK),)](
-            out, numel, _device_position(seed, device), _device_position(offset, device), _coef_tensor(device),
+            out, numel, *position, _coef_tensor(device),
             OUT=_TL[out.dtype], BLOCK=BLOCK, NL=_NL, NS=_NS, NC=_NC, num_warps=4, enable_fp_fusion=False,
         )
     return out if direct else out.to(dtype)

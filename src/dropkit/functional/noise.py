@@ -19,8 +19,8 @@ import numbers
 
 import torch
 
-from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit import ops
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import zeros_with_grad
 
 __all__ = [

@@ -32,7 +32,9 @@ def _backend(x: torch.Tensor) -> ModuleType:
 
 
 @torch.library.custom_op("dropkit::gaussian_apply", mutates_args=())
-def _gaussian_op(x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, c: float, additive: bool) -> torch.Tensor:
+def _gaussian_op(
+    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, c: float, additive: bool
+) -> torch.Tensor:
     backend = _backend(x)
     return backend.gaussian_apply(x, *_position(backend, seed, offset, x.device), c, additive)
 
