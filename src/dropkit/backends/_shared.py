@@ -170,6 +170,7 @@ def normal_log(k: torch.Tensor) -> torch.Tensor:
     the result is ``E * LN2_HI + (E * LN2_LO + lf)``. Within 1 ulp of the exact logarithm.
 
     Example:
+        >>> import math
         >>> float(normal_log(torch.tensor([2**23]))) == math.log(0.5 + 2**-25)
         True
     """
@@ -196,6 +197,7 @@ def normal_cos_sin(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``(-C, -sn)`` or ``(sn, -C)`` for ``q mod 4 = 0, 1, 2, 3``. Within 1 ulp of the exact values.
 
     Example:
+        >>> import math
         >>> c, s = normal_cos_sin(torch.tensor([0]))
         >>> abs(float(c) - math.cos(2 * math.pi * 2**-25)) < 1e-16
         True
@@ -219,6 +221,7 @@ def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
     ``sqrt`` is correctly rounded; any other device goes through the CPU.
 
     Example:
+        >>> import math
         >>> float(sqrt_rn(torch.tensor([2.0], dtype=torch.float64))) == math.sqrt(2.0)
         True
     """
@@ -238,6 +241,7 @@ def box_muller(words: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Ten
     so the native and Triton kernels compute the same bits.
 
     Example:
+        >>> import math
         >>> z = box_muller(torch.tensor([0x80000000, 0x40000000]), 2, torch.float64)
         >>> torch.allclose(z, torch.tensor([0.0, (2 * math.log(2)) ** 0.5], dtype=torch.float64), atol=1e-6)
         True
