@@ -169,6 +169,9 @@ def normal_log(k: torch.Tensor) -> torch.Tensor:
     ``z = s * s``, ``lf = (s + s) + (s * z) * R(z)`` with ``R`` by Horner over :data:`NORMAL_L`;
     the result is ``E * LN2_HI + (E * LN2_LO + lf)``. Within 1 ulp of the exact logarithm.
 
+    Shape:
+        k: ``(*)`` int64; output: same shape, float64.
+
     Example:
         >>> import math
         >>> float(normal_log(torch.tensor([2**23]))) == math.log(0.5 + 2**-25)
@@ -196,6 +199,9 @@ def normal_cos_sin(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``sin(pi t / 2)`` and ``cos(pi t / 2)``, and ``(cos, sin)`` is ``(C, sn)``, ``(-sn, C)``,
     ``(-C, -sn)`` or ``(sn, -C)`` for ``q mod 4 = 0, 1, 2, 3``. Within 1 ulp of the exact values.
 
+    Shape:
+        k: ``(*)`` int64; outputs: two float64 tensors of the same shape.
+
     Example:
         >>> import math
         >>> c, s = normal_cos_sin(torch.tensor([0]))
@@ -220,6 +226,9 @@ def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
     through numpy, whose float64 ``sqrt`` is the processor's IEEE instruction. CUDA's float64
     ``sqrt`` is correctly rounded; any other device goes through the CPU.
 
+    Shape:
+        x: ``(*)`` float64; output: same shape, on ``x``'s device.
+
     Example:
         >>> import math
         >>> float(sqrt_rn(torch.tensor([2.0], dtype=torch.float64))) == math.sqrt(2.0)
@@ -239,6 +248,9 @@ def box_muller(words: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Ten
     ``r = sqrt(normal_log(k1) * -2)`` and ``(cos, sin) = normal_cos_sin(k2)``, in float64, rounded
     once to ``dtype``. Every operation is a correctly rounded float64 one (no fused multiply-add),
     so the native and Triton kernels compute the same bits.
+
+    Shape:
+        words: ``(2 * ceil(numel / 2),)`` int64; output: ``(numel,)`` of ``dtype``.
 
     Example:
         >>> import math
