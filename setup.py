@@ -15,9 +15,14 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-_SOURCES = ["dk_cpu.c", "dk_bcast.c", "dk_words.c", "dk_scalar.c", "dk_avx2.c", "dk_avx512.c", "dk_neon.c"]
-# -ffp-contract=off: the product must be rounded exactly as the reference backend rounds it.
-_CFLAGS = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-ffp-contract=off", "-pthread"]
+_SOURCES = [
+    "dk_cpu.c", "dk_bcast.c", "dk_words.c", "dk_noise.c",
+    "dk_scalar.c", "dk_avx2.c", "dk_avx512.c", "dk_neon.c",
+]
+# -ffp-contract=off: every product and sum must be rounded exactly as the reference backend rounds
+# it. -fno-math-errno: sqrt compiles to the instruction (its argument is never negative here).
+_CFLAGS = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno",
+                                               "-pthread"]
 _LDFLAGS = [] if sys.platform == "win32" else ["-pthread"]
 
 
@@ -50,7 +55,7 @@ setup(
         Extension(
             "dropkit.backends.cpu._dropkit_cpu",
             sources=[f"src/dropkit/backends/cpu/{name}" for name in _SOURCES],
-            depends=["src/dropkit/backends/cpu/dk_common.h"],
+            depends=["src/dropkit/backends/cpu/dk_common.h", "src/dropkit/backends/cpu/dk_normal.h"],
             extra_compile_args=_CFLAGS,
             extra_link_args=_LDFLAGS,
             optional=True,

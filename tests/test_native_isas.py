@@ -14,12 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(str(p) for p in (ROOT / "src" / "dropkit" / "backends" / "cpu").glob("dk_*.c"))
 HARNESS = str(ROOT / "tests" / "native" / "isa_check.c")
-FLAGS = ["-O2", "-std=c11", "-ffp-contract=off"]
+FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 
 
 def build_and_run(compiler: str, extra: list[str], runner: list[str], tmp_path: Path) -> str:
     exe = tmp_path / "isa_check"
-    subprocess.run([compiler, *FLAGS, *extra, HARNESS, *SOURCES, "-o", str(exe), "-lpthread"], check=True)
+    cmd = [compiler, *FLAGS, *extra, HARNESS, *SOURCES, "-o", str(exe), "-lpthread", "-lm"]
+    subprocess.run(cmd, check=True)
     result = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

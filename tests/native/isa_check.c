@@ -19,6 +19,10 @@ int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uin
 int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nplanes, int nsp,
                       const int64_t *feat, const int64_t *block, uint8_t *keep, int64_t *kept_out, int nthreads);
 
+int dk_normal(int isa, uint64_t seed, uint64_t offset, uint64_t n, int f64, void *out, int nthreads);
+int dk_gaussian(int isa, int dtype, const void *x, void *y, uint64_t seed, uint64_t offset, uint64_t n,
+                double c, int additive, int nthreads);
+
 static uint64_t state = 0x9E3779B97F4A7C15ull;
 static uint64_t next(void) { /* splitmix64: test inputs only */
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -76,6 +80,49 @@ static int check_bcast(int isa, const char *name) {
     return failures;
 }
 
+/* Normals (float32 and float64) and the fused Gaussian kernels (all dtypes, both forms, one and
+ * three threads) of path `isa` against the portable path, on ragged lengths and wrapping offsets. */
+static int check_noise(int isa, const char *name) {
+    enum { N = 5000 };
+    static const size_t esz[5] = {0, 4, 8, 2, 2};
+    static uint8_t x[N * 8], y_ref[N * 8], y[N * 8];
+    int failures = 0;
+    long cases = 0;
+    for (int trial = 0; trial < 120; trial++) {
+        int dtype = 1 + trial % 4, additive = (trial / 4) % 2, threads = 1 + 2 * ((trial / 8) % 2);
+        uint64_t n = next() % N, seed = next();
+        uint64_t offset = trial % 3 == 0 ? UINT64_MAX - next() % 64 : (trial % 3 == 1 ? 0xFFFFFFF0u : next());
+        double c = (double)(next() % 1000) / 300.0;
+        for (size_t i = 0; i < sizeof x; i++) x[i] = (uint8_t)next();
+        memset(y_ref, 0xAB, sizeof y_ref);
+        memset(y, 0xCD, sizeof y);
+        if (dk_gaussian(0, dtype, x, y_ref, seed, offset, n, c, additive, 1) ||
+            dk_gaussian(isa, dtype, x, y, seed, offset, n, c, additive, threads)) {
+            printf("%s: dk_gaussian refused a valid call\n", name);
+            return 1;
+        }
+        if (memcmp(y_ref, y, n * esz[dtype])) {
+            printf("%s: gaussian mismatch (dtype %d, additive %d, n %llu)\n", name, dtype, additive,
+                   (unsigned long long)n);
+            failures++;
+        }
+        int f64 = trial % 2;
+        memset(y_ref, 0xAB, sizeof y_ref);
+        memset(y, 0xCD, sizeof y);
+        if (dk_normal(0, seed, offset, n, f64, y_ref, 1) || dk_normal(isa, seed, offset, n, f64, y, threads)) {
+            printf("%s: dk_normal refused a valid call\n", name);
+            return 1;
+        }
+        if (memcmp(y_ref, y, n * (f64 ? 8 : 4)) || memcmp(y_ref + n * (f64 ? 8 : 4), y + n * (f64 ? 8 : 4), 8) == 0) {
+            printf("%s: normal mismatch (f64 %d, n %llu)\n", name, f64, (unsigned long long)n);
+            failures++;
+        }
+        cases++;
+    }
+    printf("%s: %ld normal and Gaussian cases checked against the portable path\n", name, cases);
+    return failures;
+}
+
 int main(void) {
     static const char *names[] = {"scalar", "avx2", "avx512", "neon"};
     static const size_t esz[5] = {0, 4, 8, 2, 2};
@@ -112,6 +159,7 @@ int main(void) {
         }
         printf("%s: %ld cases checked against the portable path\n", names[isa], cases);
         failures += check_bcast(isa, names[isa]);
+        failures += check_noise(isa, names[isa]);
     }
     return failures ? 1 : 0;
 }

@@ -6,9 +6,9 @@ draws a random word, so backends share them without calling one another.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +21,12 @@ __all__ = [
     "unpack_mask",
     "dropblock_seed_shape",
     "blocks_kept",
+    "NORMAL_L",
+    "NORMAL_S",
+    "NORMAL_C",
+    "normal_log",
+    "normal_cos_sin",
+    "sqrt_rn",
     "box_muller",
 ]
 
@@ -120,21 +126,149 @@ def blocks_kept(seeds: torch.Tensor, blocks: Sequence[int]) -> tuple[torch.Tenso
     return keep, int(keep.sum())
 
 
-def box_muller(u: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """``numel`` standard normals from float64 uniforms ``u`` (``2 * ceil(numel / 2)`` of them).
+# The normal transform (docs/rng.md, "Normal numbers"): float64 coefficients, lowest power first,
+# written as the exact hexadecimal literals every backend uses (near-minimax fits). With z = s^2,
+# ln f = 2s + s z (L0 + L1 z + ... + L6 z^6); with t2 = t^2, sin(pi t / 2) = t (S0 + S1 t2 + ...
+# + S6 t2^6) and cos(pi t / 2) = C0 + C1 t2 + ... + C6 t2^6.
+NORMAL_L = tuple(float.fromhex(h) for h in (
+    "0x1.5555555555558p-1",
+    "0x1.99999999952e2p-2",
+    "0x1.2492492df148dp-2",
+    "0x1.c71c62e5800a1p-3",
+    "0x1.7462b4ab2ef6bp-3",
+    "0x1.39fe606542ddep-3",
+    "0x1.2b584aae78a57p-3",
+))
+NORMAL_S = tuple(float.fromhex(h) for h in (
+    "0x1.921fb54442d18p+0",
+    "-0x1.4abbce625be41p-1",
+    "0x1.466bc677587f8p-4",
+    "-0x1.32d2cce2e5b19p-8",
+    "0x1.50782fda12d96p-13",
+    "-0x1.e30071afc3e59p-19",
+    "0x1.e3f38399551bfp-25",
+))
+NORMAL_C = tuple(float.fromhex(h) for h in (
+    "0x1.0000000000000p+0",
+    "-0x1.3bd3cc9be458bp+0",
+    "0x1.03c1f081b0780p-2",
+    "-0x1.55d3c7dbfd139p-6",
+    "0x1.e1f4fb60281f6p-11",
+    "-0x1.a6c9c1be9eb49p-16",
+    "0x1.f3dbcea61b1a4p-22",
+))
+LN2_HI = float.fromhex("0x1.62e42fee00000p-1")  # E * LN2_HI is exact for |E| < 2**20
+LN2_LO = float.fromhex("0x1.a39ef35793c76p-33")
+SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")
 
-    Pair ``k`` takes ``u1 = u[2k]`` and ``u2 = u[2k + 1]`` and gives
-    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)`` in
-    float64, rounded once to ``dtype``. Every backend that draws the uniforms itself hands them
-    here, so the transcendental functions (torch's) are the same everywhere.
+
+def _horner(x: torch.Tensor, coefs: Sequence[float]) -> torch.Tensor:
+    """``c[-1]``, then ``acc * x + c[k]`` down to ``c[0]``: one rounding per product and per sum."""
+    acc = x * coefs[-1] + coefs[-2]
+    for c in reversed(coefs[:-2]):
+        acc = acc * x + c
+    return acc
+
+
+def normal_log(k: torch.Tensor) -> torch.Tensor:
+    """``ln((2k + 1) * 2**-25)`` in float64 for int64 ``k`` in [0, 2**24): the log of uniform ``k``.
+
+    ``a = 2k + 1 = f * 2**e`` with ``f`` in [1, 2) cut from the float64 bits (exact); if
+    ``f > sqrt 2``: ``f = f / 2``, ``e = e + 1``; ``E = e - 25``; ``s = (f - 1) / (f + 1)``,
+    ``z = s * s``, ``lf = (s + s) + (s * z) * R(z)`` with ``R`` by Horner over :data:`NORMAL_L`;
+    the result is ``E * LN2_HI + (E * LN2_LO + lf)``. Within 1 ulp of the exact logarithm.
+
+    Shape:
+        k: ``(*)`` int64; output: same shape, float64.
 
     Example:
-        >>> z = box_muller(torch.tensor([0.5, 0.25], dtype=torch.float64), 2, torch.float64)
-        >>> torch.allclose(z, torch.tensor([0.0, (2 * math.log(2)) ** 0.5], dtype=torch.float64), atol=1e-12)
+        >>> import math
+        >>> float(normal_log(torch.tensor([2**23]))) == math.log(0.5 + 2**-25)
         True
     """
-    pairs = u.view(-1, 2)
-    r = torch.sqrt(-2.0 * torch.log(pairs[:, 0]))
-    angle = (2.0 * math.pi) * pairs[:, 1]
-    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=1).reshape(-1)[:numel]
+    a = (2 * k + 1).to(torch.float64)
+    bits = a.view(torch.int64)
+    e = (bits >> 52) - 1023
+    f = ((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(torch.float64)
+    big = f > SQRT2
+    f = torch.where(big, f * 0.5, f)
+    big_e = (e + big.to(torch.int64) - 25).to(torch.float64)
+    s = (f - 1.0) / (f + 1.0)
+    z = s * s
+    lf = (s + s) + (s * z) * _horner(z, NORMAL_L)
+    return big_e * LN2_HI + (big_e * LN2_LO + lf)
+
+
+def normal_cos_sin(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of ``2 pi (2k + 1) * 2**-25`` in float64, for int64 ``k`` in [0, 2**24).
+
+    The quadrant ``q = (k + 2**21) >> 22`` is the integer nearest ``4 u``; ``t = 4u - q`` is exact
+    (``(2k + 1 - q * 2**23) * 2**-23``, in (-1/2, 1/2)), ``t2 = t * t``;
+    ``sn = t * S(t2)`` and ``C(t2)`` by Horner over :data:`NORMAL_S` and :data:`NORMAL_C` are
+    ``sin(pi t / 2)`` and ``cos(pi t / 2)``, and ``(cos, sin)`` is ``(C, sn)``, ``(-sn, C)``,
+    ``(-C, -sn)`` or ``(sn, -C)`` for ``q mod 4 = 0, 1, 2, 3``. Within 1 ulp of the exact values.
+
+    Shape:
+        k: ``(*)`` int64; outputs: two float64 tensors of the same shape.
+
+    Example:
+        >>> import math
+        >>> c, s = normal_cos_sin(torch.tensor([0]))
+        >>> abs(float(c) - math.cos(2 * math.pi * 2**-25)) < 1e-16
+        True
+    """
+    q = (k + 2**21) >> 22
+    t = (2 * k + 1 - (q << 23)).to(torch.float64) * 2.0**-23
+    t2 = t * t
+    sn = t * _horner(t2, NORMAL_S)
+    c = _horner(t2, NORMAL_C)
+    odd, neg = (q & 1) == 1, (q & 2) == 2
+    cos, sin = torch.where(odd, -sn, c), torch.where(odd, c, sn)
+    return torch.where(neg, -cos, cos), torch.where(neg, -sin, sin)
+
+
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded square root of a float64 tensor (IEEE 754 ``sqrt``).
+
+    torch's vectorized CPU ``sqrt`` of float64 is accurate to about half an ulp but is not
+    always the correctly rounded value (it differs in about 1% of cases), so CPU tensors go
+    through numpy, whose float64 ``sqrt`` is the processor's IEEE instruction. CUDA's float64
+    ``sqrt`` is correctly rounded; any other device goes through the CPU.
+
+    Shape:
+        x: ``(*)`` float64; output: same shape, on ``x``'s device.
+
+    Example:
+        >>> import math
+        >>> float(sqrt_rn(torch.tensor([2.0], dtype=torch.float64))) == math.sqrt(2.0)
+        True
+    """
+    if x.device.type == "cuda":
+        return torch.sqrt(x)
+    root = torch.from_numpy(np.sqrt(x.detach().cpu().numpy()))
+    return root.to(x.device)
+
+
+def box_muller(words: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``numel`` standard normals from int64 stream words (``2 * ceil(numel / 2)`` of them).
+
+    Pair ``k`` takes ``k1 = w[2k] >> 8`` and ``k2 = w[2k + 1] >> 8`` (the uniforms
+    ``u = (2k + 1) * 2**-25``) and gives ``z[2k] = r * cos``, ``z[2k + 1] = r * sin`` with
+    ``r = sqrt(normal_log(k1) * -2)`` and ``(cos, sin) = normal_cos_sin(k2)``, in float64, rounded
+    once to ``dtype``. Every operation is a correctly rounded float64 one (no fused multiply-add),
+    so the native and Triton kernels compute the same bits.
+
+    Shape:
+        words: ``(2 * ceil(numel / 2),)`` int64; output: ``(numel,)`` of ``dtype``.
+
+    Example:
+        >>> import math
+        >>> z = box_muller(torch.tensor([0x80000000, 0x40000000]), 2, torch.float64)
+        >>> torch.allclose(z, torch.tensor([0.0, (2 * math.log(2)) ** 0.5], dtype=torch.float64), atol=1e-6)
+        True
+    """
+    pairs = words.view(-1, 2)
+    r = sqrt_rn(normal_log(pairs[:, 0] >> 8) * -2.0)
+    cos, sin = normal_cos_sin(pairs[:, 1] >> 8)
+    z = torch.stack((r * cos, r * sin), dim=1).reshape(-1)[:numel]
     return z.to(dtype)

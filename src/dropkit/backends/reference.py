@@ -33,6 +33,7 @@ __all__ = [
     "dropout_backward",
     "uniform",
     "normal",
+    "gaussian_apply",
     "check_mask_shape",
     "bcast_keep_mask",
     "bcast_dropout_forward",
@@ -129,20 +130,50 @@ def uniform(
 def normal(
     numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``numel`` standard normals by the Box-Muller transform of stream uniforms.
+    """``numel`` standard normals by the Box-Muller transform of stream words.
 
-    Pair ``k`` takes ``u1 = U(w[2k])`` and ``u2 = U(w[2k + 1])`` (float64) and gives
-    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)``,
-    rounded once to ``dtype``; ``2 * ceil(numel / 2)`` words are used. The uniforms lie in the
-    open interval (0, 1), so the logarithm is always finite.
+    Pair ``k`` takes the words ``w[2k]`` and ``w[2k + 1]`` (the uniforms ``u1``, ``u2``) and gives
+    ``z[2k] = sqrt(-2 ln u1) cos(2 pi u2)`` and ``z[2k + 1] = sqrt(-2 ln u1) sin(2 pi u2)``, the
+    logarithm, cosine and sine being the fixed float64 polynomials of
+    :func:`dropkit.backends._shared.box_muller`, rounded once to ``dtype``; ``2 * ceil(numel / 2)``
+    words are used. The uniforms lie in the open interval (0, 1), so the logarithm is finite.
 
     Example:
         >>> z = normal(3, 0, 0, torch.float64)
         >>> u = uniform(4, 0, 0, torch.float64)
-        >>> bool(z[0] == torch.sqrt(-2 * torch.log(u[0])) * torch.cos(2 * math.pi * u[1]))
+        >>> exact = torch.sqrt(-2 * torch.log(u[0])) * torch.cos(2 * math.pi * u[1])
+        >>> bool(abs(z[0] - exact) < 1e-15)
         True
     """
-    return box_muller(uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64, device), numel, dtype)
+    return box_muller(philox_words(seed, offset, 2 * ((numel + 1) // 2), device=device), numel, dtype)
+
+
+def gaussian_apply(x: torch.Tensor, seed: int, offset: int, c: float, additive: bool) -> torch.Tensor:
+    """Gaussian noise applied to ``x``: ``y = x + c * z`` (``additive``) or ``y = x * (1 + c * z)``.
+
+    ``z`` is :func:`normal` ``i`` for element ``i`` of ``x`` (row-major), drawn in the compute
+    dtype (float64 for float64 tensors, else float32) as :func:`normal` rounds it; ``c`` is
+    rounded to that dtype, each product and sum is rounded there, and the result once to ``x``'s
+    dtype. Gaussian dropout is the multiplicative form with ``c = sqrt(p / (1 - p))`` and its
+    gradient the same map of the incoming gradient; Gaussian noise is the additive form.
+
+    Shape:
+        x: ``(*)``; output: same shape (contiguous).
+
+    Example:
+        >>> x = torch.ones(4)
+        >>> z = normal(4, 1, 0, torch.float32)
+        >>> torch.equal(gaussian_apply(x, 1, 0, 0.5, False), x * (1 + torch.tensor(0.5) * z))
+        True
+    """
+    dt = opmath_dtype(x.dtype)
+    z = normal(x.numel(), seed, offset, dt, x.device).view(x.shape)
+    cz = torch.tensor(c, dtype=dt, device=x.device) * z
+    xc = x.to(dt)
+    y = xc + cz if additive else xc * (1.0 + cz)
+    return y.to(x.dtype)
+
+
 def _saved_of(mask: torch.Tensor, storage: str) -> torch.Tensor:
     if storage == "bits":
         return pack_mask(mask)

@@ -339,10 +339,18 @@ _SHARED_MASK_OPS = (
 )
 __all__ += list(_SHARED_MASK_OPS)
 
+# The normals and the fused Gaussian kernels live in triton_noise, looked up the same way.
+_NOISE_OPS = ("normal", "gaussian_apply")
+__all__ += list(_NOISE_OPS)
+
 
 def __getattr__(name: str):
     if name in _SHARED_MASK_OPS:
         from dropkit.backends import triton_bcast
 
         return getattr(triton_bcast, name)
+    if name in _NOISE_OPS:
+        from dropkit.backends import triton_noise
+
+        return getattr(triton_noise, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

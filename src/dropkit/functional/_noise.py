@@ -1,4 +1,4 @@
-"""Stream-drawn uniforms and normals, and small helpers shared by the dropout family.
+"""Stream-drawn uniforms, and small helpers shared by the dropout family.
 
 Every draw goes through :mod:`dropkit.ops` (which picks the backend): the function that draws
 reserves exactly its words from the stream it was handed.
@@ -15,7 +15,6 @@ from dropkit import ops
 
 __all__ = [
     "draw_uniform",
-    "draw_normal",
     "zeros_with_grad",
     "check_rank",
     "check_positive_ints",
@@ -35,20 +34,6 @@ def draw_uniform(stream: object, n: int, dtype: torch.dtype, device: torch.devic
     """
     seed, offset = stream.take(n)
     return ops.uniform(n, seed, offset, dtype, device)
-
-
-def draw_normal(stream: object, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``n`` standard normals by Box-Muller (:func:`dropkit.ops.normal`): ``2 * ceil(n / 2)`` words.
-
-    Example:
-        >>> from dropkit.rng import Stream
-        >>> s = Stream(0)
-        >>> z = draw_normal(s, 7, torch.float32, torch.device("cpu"))
-        >>> s.words, z.shape
-        (8, torch.Size([7]))
-    """
-    seed, offset = stream.take(2 * ((n + 1) // 2))
-    return ops.normal(n, seed, offset, dtype, device)
 
 
 def zeros_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ rate ``p``. Gaussian noise adds ``stddev * z``. Both are identity outside traini
 
 The normals ``z`` come from the stream by Box-Muller (see :func:`dropkit.ops.normal`):
 element ``i`` (row-major) is normal ``i``; pair ``k`` of normals uses words ``2k`` and
-``2k + 1``; a call on ``n`` elements uses ``2 * ceil(n / 2)`` words.
+``2k + 1``; a call on ``n`` elements uses ``2 * ceil(n / 2)`` words. They are drawn inside the
+kernel that applies them (:func:`dropkit.ops.gaussian`): one pass over the tensor, and nothing
+full-size kept for backward.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numbers
 
 import torch
 
+from dropkit import ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
-from dropkit.functional._noise import draw_normal, opmath, zeros_with_grad
+from dropkit.functional._noise import zeros_with_grad
 
 __all__ = [
     "gaussian_dropout",
@@ -90,9 +93,9 @@ def apply_gaussian_dropout(input: torch.Tensor, p: float, inplace: bool, stream:
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
-        dt = opmath(input)
-        z = draw_normal(stream, input.numel(), dt, input.device).view(input.shape)
-        y = (input.to(dt) * (1.0 + math.sqrt(p / (1.0 - p)) * z)).to(input.dtype)
+        n = input.numel()
+        seed, offset = stream.take(2 * ((n + 1) // 2))
+        y = ops.gaussian(input, seed, offset, math.sqrt(p / (1.0 - p)), False)
     return input.copy_(y) if inplace else y
 
 
@@ -138,7 +141,7 @@ def apply_gaussian_noise(input: torch.Tensor, stddev: float, inplace: bool, stre
     """The unchecked core of :func:`gaussian_noise` in training (normals drawn from ``stream``)."""
     if stddev == 0.0:
         return input
-    dt = opmath(input)
-    z = draw_normal(stream, input.numel(), dt, input.device).view(input.shape)
-    y = (input.to(dt) + stddev * z).to(input.dtype)
+    n = input.numel()
+    seed, offset = stream.take(2 * ((n + 1) // 2))
+    y = ops.gaussian(input, seed, offset, stddev, True)
     return input.copy_(y) if inplace else y

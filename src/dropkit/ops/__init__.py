@@ -3,7 +3,8 @@ torch.compile.
 
 Every random draw of the family passes through here: dropout with its backward
 (:func:`dropout`), keep-masks (:func:`keep_mask`), uniforms and normals (:func:`uniform`,
-:func:`normal`), and the fused dropout-add-norm (:func:`dropout_add_norm`). Each picks a backend
+:func:`normal`), Gaussian dropout and noise with the normals drawn in the kernel
+(:func:`gaussian`), and the fused dropout-add-norm (:func:`dropout_add_norm`). Each picks a backend
 from the tensor's device and dtype: the native CPU kernel for CPU tensors, Triton for CUDA
 tensors, and the reference backend for everything else, for an operation the preferred backend
 does not implement, or when it cannot load (reported once, with a warning that points at the
@@ -38,6 +39,7 @@ from dropkit.ops._draws import keep_mask, normal, uniform
 from dropkit.ops._dropout import dropout, dropout_backward, dropout_forward
 from dropkit.ops._fused import attention, dropout_add_norm, fuses_attention, fuses_dropout_add_norm
 from dropkit.ops._masked import alpha, bcast_dropout, drop_block
+from dropkit.ops._noise import gaussian
 
 __all__ = [
     "MASK_STORAGES",
@@ -54,6 +56,7 @@ __all__ = [
     "drop_block",
     "uniform",
     "normal",
+    "gaussian",
     "dropout_forward",
     "dropout_backward",
     "fuses_attention",

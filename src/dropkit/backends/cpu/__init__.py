@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from dropkit.backends._shared import (
-    box_muller,
     check_mask_shape,
     dropblock_applied_scale,
     dropblock_mask_shape,
@@ -55,6 +54,7 @@ __all__ = [
     "supports_layout",
     "uniform",
     "normal",
+    "gaussian_apply",
 ]
 
 # Stream positions arrive as Python ints; dropkit.ops sends other dtypes to the reference backend.
@@ -93,6 +93,8 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     lib.dk_range.argtypes = [*_COMMON_ARGS, _u64, _u64]
     lib.dk_isa_available.argtypes = [_int]
     lib.dk_uniform.argtypes = [_u64, _u64, _u64, _int, _ptr, _int]
+    lib.dk_normal.argtypes = [_int, _u64, _u64, _u64, _int, _ptr, _int]
+    lib.dk_gaussian.argtypes = [_int, _int, _ptr, _ptr, _u64, _u64, _u64, ctypes.c_double, _int, _int]
     _dbl = ctypes.c_double
     lib.dk_bcast_apply.argtypes = [_int, _int, _int, _ptr, _ptr, _ptr, _u64, _int, _ptr, _ptr, _ptr, _ptr,
                                    _dbl, _dbl, _dbl, _dbl, _int]
@@ -804,12 +806,53 @@ def uniform(
 def normal(
     numel: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``numel`` standard normals by Box-Muller (:func:`dropkit.backends._shared.box_muller`) of
-    the stream's uniforms, drawn here in C.
+    """``numel`` standard normals of the stream, computed in C on the chosen SIMD path.
+
+    The transform is :func:`dropkit.backends._shared.box_muller` (fixed float64 polynomials,
+    no fused multiply-add), so the result equals the reference backend's bit for bit; float64
+    and float32 are written directly, other dtypes rounded once from float64.
+
+    Shape:
+        Output: ``(numel,)``.
 
     Example:
         >>> from dropkit.backends import reference
         >>> torch.equal(normal(7, 3, 5, torch.float32), reference.normal(7, 3, 5, torch.float32))
         True
     """
-    return box_muller(uniform(2 * ((numel + 1) // 2), seed, offset, torch.float64), numel, dtype)
+    if _lib is None:
+        raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
+    direct = dtype in (torch.float32, torch.float64)
+    out = torch.empty(numel, dtype=dtype if direct else torch.float64)
+    if numel:
+        _check(_lib.dk_normal(_isa_code, seed, offset, numel, out.dtype == torch.float64, out.data_ptr(),
+                              torch.get_num_threads()))
+    return out if direct else out.to(dtype)
+
+
+def gaussian_apply(x: torch.Tensor, seed: int, offset: int, c: float, additive: bool) -> torch.Tensor:
+    """Gaussian noise applied in one pass: ``y = x + c * z`` (``additive``) or ``y = x * (1 + c * z)``.
+
+    Normal ``i`` of the stream meets element ``i`` of ``x`` (row-major); the normals are computed
+    tile by tile beside the data and never stored. Rounded as
+    :func:`dropkit.backends.reference.gaussian_apply` rounds (compute dtype float64 for float64,
+    float32 otherwise; no fused multiply-add).
+
+    Shape:
+        x: ``(*)``; output: same shape (contiguous).
+
+    Example:
+        >>> from dropkit.backends import reference
+        >>> x = torch.randn(100)
+        >>> torch.equal(gaussian_apply(x, 1, 0, 0.5, False), reference.gaussian_apply(x, 1, 0, 0.5, False))
+        True
+    """
+    if _lib is None:
+        raise RuntimeError(f"dropkit's native CPU kernel is unavailable: {_error}")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        _check(_lib.dk_gaussian(_isa_code, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), seed, offset, n,
+                                float(c), bool(additive), torch.get_num_threads()))
+    return y

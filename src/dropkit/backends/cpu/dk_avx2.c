@@ -1,6 +1,7 @@
 /* AVX2 path: 8 Philox blocks per vector pass (two passes per 64-element chunk), vpmuludq for
  * the 32x32->64-bit products, and the keep-mask expanded to lanes with a compare per group. */
 #include "dk_common.h"
+#include "dk_normal.h"
 
 #if defined(DK_HAVE_X86)
 #if defined(__clang__)
@@ -133,6 +134,103 @@ static void apply_f16(const void *xv, void *yv, const uint64_t *masks, size_t n,
 }
 
 DK_DEFINE_ALPHA(avx2)
+
+/* ---- normals (dk_normal.h): 4 pairs per float64 vector, the same operations as the scalar
+ * code in the same order; exponent and mantissa are cut out of the float64 bits (exact). ---- */
+
+static inline __m256d horner(__m256d x, const double *c, int n) {
+    __m256d acc = _mm256_set1_pd(c[n - 1]);
+    for (int i = n - 2; i >= 0; i--) acc = _mm256_add_pd(_mm256_mul_pd(acc, x), _mm256_set1_pd(c[i]));
+    return acc;
+}
+
+static const double L_COEF[7] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6};
+static const double S_COEF[7] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6};
+static const double C_COEF[7] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6};
+
+/* The pairs (w1, w2) given as k1 = w1 >> 8, k2 = w2 >> 8 (4 lanes each): z0 and z1. */
+static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
+    const __m128i one = _mm_set1_epi32(1);
+    __m256d a = _mm256_cvtepi32_pd(_mm_add_epi32(_mm_add_epi32(k1, k1), one));
+    __m256i bits = _mm256_castpd_si256(a);
+    /* the biased exponent as a float64: its bits OR 2^52's, minus 2^52 (exact) */
+    __m256i eb = _mm256_or_si256(_mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000ll));
+    __m256d e = _mm256_sub_pd(_mm256_castsi256_pd(eb), _mm256_set1_pd(0x1p52 + 1023.0));
+    __m256d f = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFll)),
+                                                    _mm256_set1_epi64x(0x3FF0000000000000ll)));
+    __m256d big = _mm256_cmp_pd(f, _mm256_set1_pd(DK_SQRT2), _CMP_GT_OQ);
+    f = _mm256_blendv_pd(f, _mm256_mul_pd(f, _mm256_set1_pd(0.5)), big);
+    e = _mm256_blendv_pd(e, _mm256_add_pd(e, _mm256_set1_pd(1.0)), big);
+    __m256d E = _mm256_sub_pd(e, _mm256_set1_pd(25.0));
+    const __m256d onev = _mm256_set1_pd(1.0);
+    __m256d s = _mm256_div_pd(_mm256_sub_pd(f, onev), _mm256_add_pd(f, onev));
+    __m256d z = _mm256_mul_pd(s, s);
+    __m256d R = horner(z, L_COEF, 7);
+    __m256d lf = _mm256_add_pd(_mm256_add_pd(s, s), _mm256_mul_pd(_mm256_mul_pd(s, z), R));
+    __m256d lo = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_LO)), lf);
+    __m256d lnu = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_HI)), lo);
+    __m256d r = _mm256_sqrt_pd(_mm256_mul_pd(lnu, _mm256_set1_pd(-2.0)));
+
+    __m128i q = _mm_srli_epi32(_mm_add_epi32(k2, _mm_set1_epi32(1 << 21)), 22);
+    __m128i it = _mm_sub_epi32(_mm_add_epi32(_mm_add_epi32(k2, k2), one), _mm_slli_epi32(q, 23));
+    __m256d t = _mm256_mul_pd(_mm256_cvtepi32_pd(it), _mm256_set1_pd(0x1p-23));
+    __m256d t2 = _mm256_mul_pd(t, t);
+    __m256d sn = _mm256_mul_pd(t, horner(t2, S_COEF, 7));
+    __m256d C = horner(t2, C_COEF, 7);
+    /* lane masks of q & 1 and q & 2, widened to 64 bits */
+    __m256d odd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, one), one)));
+    __m256i neg = _mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, _mm_set1_epi32(2)), _mm_set1_epi32(2)));
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    __m256d nsn = _mm256_xor_pd(sn, sign);
+    __m256d cc = _mm256_blendv_pd(C, nsn, odd), ss = _mm256_blendv_pd(sn, C, odd);
+    __m256d flip = _mm256_and_pd(_mm256_castsi256_pd(neg), sign);
+    *z0 = _mm256_mul_pd(r, _mm256_xor_pd(cc, flip));
+    *z1 = _mm256_mul_pd(r, _mm256_xor_pd(ss, flip));
+}
+
+void dk_normal_avx2(const dk_stream *s, uint64_t chunk, size_t nchunks, void *z, int f64) {
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_set1_epi32((int)DK_M0), m1 = _mm256_set1_epi32((int)DK_M1);
+    const __m256i sgn = _mm256_set1_epi32((int)0x80000000u);
+    for (size_t b8 = 0; b8 < nchunks * 2; b8++) { /* 8 blocks, 32 elements per pass */
+        uint64_t base = s->offset + chunk * 16u + 8u * b8;
+        __m256i lo = _mm256_set1_epi32((int)(uint32_t)base);
+        __m256i c0 = _mm256_add_epi32(lo, iota);
+        __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sgn), _mm256_xor_si256(c0, sgn));
+        __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(base >> 32)), carry);
+        __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+        for (int r = 0; r < DK_ROUNDS; r++) {
+            __m256i hi0, lo0, hi1, lo1;
+            mulhilo8(c0, m0, &hi0, &lo0);
+            mulhilo8(c2, m1, &hi1, &lo1);
+            c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)s->k0[r]));
+            c1 = lo1;
+            c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)s->k1[r]));
+            c3 = lo0;
+        }
+        __m256i w[4] = {_mm256_srli_epi32(c0, 8), _mm256_srli_epi32(c1, 8), _mm256_srli_epi32(c2, 8),
+                        _mm256_srli_epi32(c3, 8)};
+        for (int h = 0; h < 2; h++) { /* blocks 4h .. 4h + 3 of this pass */
+            __m128i k[4];
+            for (int m = 0; m < 4; m++) k[m] = h ? _mm256_extracti128_si256(w[m], 1) : _mm256_castsi256_si128(w[m]);
+            __m256d v0, v1, v2, v3;
+            normal4(k[0], k[1], &v0, &v1);
+            normal4(k[2], k[3], &v2, &v3);
+            /* out[4j + m] = v_m[j]: a 4 x 4 transpose */
+            __m256d t0 = _mm256_unpacklo_pd(v0, v1), t1 = _mm256_unpackhi_pd(v0, v1);
+            __m256d t2 = _mm256_unpacklo_pd(v2, v3), t3 = _mm256_unpackhi_pd(v2, v3);
+            __m256d o[4] = {_mm256_permute2f128_pd(t0, t2, 0x20), _mm256_permute2f128_pd(t1, t3, 0x20),
+                            _mm256_permute2f128_pd(t0, t2, 0x31), _mm256_permute2f128_pd(t1, t3, 0x31)};
+            size_t at = b8 * 32 + 16 * (size_t)h;
+            for (int n = 0; n < 4; n++) {
+                if (f64)
+                    _mm256_storeu_pd((double *)z + at + 4 * n, o[n]);
+                else
+                    _mm_storeu_ps((float *)z + at + 4 * n, _mm256_cvtpd_ps(o[n]));
+            }
+        }
+    }
+}
 
 const dk_isa_ops dk_ops_avx2 = {gen_avx2, {NULL, apply_f32, apply_f64, apply_bf16, apply_f16}, DK_ALPHA_TABLE(avx2)};
 

@@ -1,8 +1,8 @@
 /* Uniforms straight from the stream: u[i] = ((w[i] >> 8) + 0.5) * 2^-24 for word i of the
  * philox-v1 stream (docs/rng.md), in float64 (exact) or float32 (rounded to nearest, the one
  * value that would round to 1 clamped to the largest float32 below 1), as rng.words_to_uniform
- * gives them. Gaussian and Concrete noise build on these; their transcendental functions stay in
- * torch, so every backend gives the same numbers.
+ * gives them. Concrete noise builds on these (its logarithms stay in torch); normals have their own
+ * kernel (dk_noise.c).
  *
  * Portable C: one Philox4x32-10 block gives four uniforms. Threads get ranges of whole blocks. */
 #include "dk_common.h"
