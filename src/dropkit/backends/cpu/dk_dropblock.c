@@ -18,6 +18,7 @@
 
 #define DB_MIN_PER_THREAD (1u << 17)
 #define DB_MAX_THREADS 256
+#define DB_GROUP_WORDS 16384
 
 typedef struct {
     dk_stream stream;
@@ -83,13 +84,6 @@ static inline void or_shifted(uint64_t *row, size_t nw, uint64_t s) {
  * one shift by b - span closes [0, b) (b - span < span). */
 static void dilate_row(uint64_t *row, size_t nw, int64_t b) {
     int64_t span = 1;
-    if (nw == 1) {
-        uint64_t v = row[0];
-        for (; 2 * span <= b; span *= 2) v |= v << span;
-        if (span < b) v |= v << (b - span);
-        row[0] = v;
-        return;
-    }
     for (; 2 * span <= b; span *= 2) or_shifted(row, nw, (uint64_t)span);
     if (span < b) or_shifted(row, nw, (uint64_t)(b - span));
 }
@@ -104,22 +98,27 @@ static inline void or_row(uint64_t *dst, const uint64_t *src, size_t nw) {
     for (size_t j = 0; j < nw; j++) dst[j] |= src[j];
 }
 
+/* Bits set in v (SWAR: this file is built without a popcnt target, and only rows that drop
+ * something are counted). */
+static inline int64_t popcount64(uint64_t v) {
+    v -= (v >> 1) & 0x5555555555555555ull;
+    v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (int64_t)((v * 0x0101010101010101ull) >> 56);
+}
+
 typedef struct {
-    uint64_t *words; /* the plane's seed words as keep bits, from chunk c0 on */
+    uint64_t *words; /* seed words as keep bits, chunks c0 .. c1 - 1 */
     uint64_t *row;   /* one seed row, dilated along W */
     uint64_t *hrows; /* (valid[0], feat[1]) rows: dilated along W and H */
     uint64_t *drows; /* (feat[0], feat[1]) rows: dilated along every axis (hrows when block[0] == 1) */
-    uint64_t c0, c1; /* words[] holds chunks c0 .. c1 - 1 (none while c0 == c1) */
+    uint64_t c0, c1;
 } db_buffers;
 
-/* The dropped rows of plane p into B->drows. */
-static void dropped_rows(const db_job *J, db_buffers *B, uint64_t p) {
-    const int64_t V0 = J->valid[0], V1 = J->valid[1], V2 = J->valid[2];
-    const int64_t F0 = J->feat[0], F1 = J->feat[1], B0 = J->block[0], B1 = J->block[1];
-    const size_t nw = J->nw;
-    const uint64_t first = p * J->vplane, c0 = first / DK_CHUNK;
-    const uint64_t c1 = (first + J->vplane + DK_CHUNK - 1) / DK_CHUNK;
-    /* consecutive planes share at most one chunk: reuse it rather than draw its words again */
+/* Seed words of planes [p0, p1) into B->words; a chunk the previous group ended with is kept
+ * rather than drawn again. */
+static void draw_words(const db_job *J, db_buffers *B, uint64_t p0, uint64_t p1) {
+    const uint64_t c0 = p0 * J->vplane / DK_CHUNK, c1 = (p1 * J->vplane + DK_CHUNK - 1) / DK_CHUNK;
     uint64_t from = c0;
     if (B->c1 > B->c0 && B->c1 - 1 == c0) {
         B->words[0] = B->words[B->c1 - 1 - B->c0];
@@ -131,18 +130,51 @@ static void dropped_rows(const db_job *J, db_buffers *B, uint64_t p) {
         J->ops->gen(&J->stream, from, (size_t)(c1 - from), B->words + (from - c0));
     B->c0 = c0;
     B->c1 = c1;
+}
+
+/* Seed row `rr` (row-major over (valid[0], valid[1])) of the plane whose seed bits start at bit
+ * `pos0` of B->words: dilated along W, then ORed into the block[1] rows of hrows it reaches. */
+static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos0, uint64_t rr) {
+    const uint64_t V1 = (uint64_t)J->valid[1], V2 = (uint64_t)J->valid[2];
+    const size_t nw = J->nw;
+    uint64_t *dst = B->hrows + (size_t)((rr / V1) * (uint64_t)J->feat[1] + rr % V1) * nw;
+    if (nw == 1) {
+        uint64_t pos = pos0 + rr * V2, v = B->words[pos >> 6] >> (pos & 63);
+        if ((pos & 63) + V2 > 64) v |= B->words[(pos >> 6) + 1] << (64 - (pos & 63));
+        v = ~v & (V2 == 64 ? ~UINT64_C(0) : (UINT64_C(1) << V2) - 1);
+        if (!v) return;
+        int64_t span = 1, b = J->block[2];
+        for (; 2 * span <= b; span *= 2) v |= v << span;
+        if (span < b) v |= v << (b - span);
+        for (int64_t y = 0; y < J->block[1]; y++) dst[y] |= v;
+        return;
+    }
+    seed_row(B->words, pos0 + rr * V2, V2, B->row);
+    size_t used = (size_t)((V2 + 63) / 64);
+    memset(B->row + used, 0, (nw - used) * sizeof(uint64_t));
+    if (!row_nonzero(B->row, nw)) return;
+    dilate_row(B->row, nw, J->block[2]);
+    for (int64_t y = 0; y < J->block[1]; y++) or_row(dst + (size_t)y * nw, B->row, nw);
+}
+
+/* The dropped rows of the plane whose seed bits start at bit pos0 of B->words, into B->drows.
+ * Only rows that hold a seed are read: whole words of kept bits are skipped. */
+static void dropped_rows(const db_job *J, db_buffers *B, uint64_t pos0) {
+    const int64_t V0 = J->valid[0], F0 = J->feat[0], F1 = J->feat[1], B0 = J->block[0];
+    const uint64_t V2 = (uint64_t)J->valid[2], end = pos0 + J->vplane;
+    const size_t nw = J->nw;
     memset(B->hrows, 0, (size_t)(V0 * F1) * nw * sizeof(uint64_t));
-    uint64_t pos = first - c0 * DK_CHUNK;
-    for (int64_t d = 0; d < V0; d++) {
-        uint64_t *slab = B->hrows + (size_t)(d * F1) * nw;
-        for (int64_t r = 0; r < V1; r++, pos += (uint64_t)V2) {
-            seed_row(B->words, pos, (uint64_t)V2, B->row);
-            if (nw > 1)
-                memset(B->row + (V2 + 63) / 64, 0, (nw - (size_t)((V2 + 63) / 64)) * sizeof(uint64_t));
-            if (!row_nonzero(B->row, nw)) continue;
-            dilate_row(B->row, nw, J->block[2]);
-            for (int64_t y = r; y < r + B1; y++) or_row(slab + (size_t)y * nw, B->row, nw);
-        }
+    uint64_t next = 0; /* rows before this one are done */
+    for (uint64_t i = pos0 >> 6; i * 64 < end; i++) {
+        uint64_t seeds = ~B->words[i];
+        if (i * 64 < pos0) seeds &= ~UINT64_C(0) << (pos0 - i * 64);
+        if (end - i * 64 < 64) seeds &= (UINT64_C(1) << (end - i * 64)) - 1;
+        if (!seeds) continue;
+        uint64_t lo = i * 64 + (uint64_t)__builtin_ctzll(seeds) - pos0;
+        uint64_t hi = i * 64 + 63 - (uint64_t)__builtin_clzll(seeds) - pos0;
+        uint64_t r0 = lo / V2, r1 = hi / V2;
+        for (uint64_t rr = r0 > next ? r0 : next; rr <= r1; rr++) scatter_row(J, B, pos0, rr);
+        if (r1 + 1 > next) next = r1 + 1;
     }
     if (B0 == 1) return;
     memset(B->drows, 0, (size_t)(F0 * F1) * nw * sizeof(uint64_t));
@@ -166,8 +198,11 @@ static void dropblock_part(void *ctx, int k) {
     const int64_t F2 = J->feat[2];
     const size_t nrows = (size_t)(J->feat[0] * J->feat[1]);
     const size_t hsize = (size_t)(J->valid[0] * J->feat[1]) * nw, dsize = J->block[0] > 1 ? nrows * nw : 0;
+    /* planes are drawn DB_GROUP_WORDS words at a time (at least one plane): long generator
+     * calls keep the SIMD paths' interleaved rounds busy */
+    const uint64_t group = J->vplane < DB_GROUP_WORDS ? DB_GROUP_WORDS / J->vplane : 1;
     db_buffers B = {0};
-    B.words = malloc((size_t)(J->vplane / DK_CHUNK + 2) * sizeof(uint64_t));
+    B.words = malloc((size_t)(group * J->vplane / DK_CHUNK + 2) * sizeof(uint64_t));
     B.row = malloc((nw + hsize + dsize) * sizeof(uint64_t));
     if (!B.words || !B.row) {
         J->failed[k] = 1;
@@ -181,16 +216,21 @@ static void dropblock_part(void *ctx, int k) {
     const unsigned tail = F2 & 63 ? (unsigned)(F2 & 63) : 64;
     bit_writer w = {J->keep + lo * J->fplane / 8, 0, 0};
     int64_t dropped = 0;
-    for (uint64_t p = lo; p < hi; p++) {
-        dropped_rows(J, &B, p);
-        const uint64_t *row = B.drows;
-        for (size_t r = 0; r < nrows; r++, row += nw) {
-            for (size_t j = 0; j + 1 < nw; j++) {
-                dropped += __builtin_popcountll(row[j]);
-                put_bits(&w, ~row[j], 64);
+    for (uint64_t g = lo; g < hi; g += group) {
+        uint64_t gend = hi - g < group ? hi : g + group;
+        draw_words(J, &B, g, gend);
+        for (uint64_t p = g; p < gend; p++) {
+            dropped_rows(J, &B, p * J->vplane - B.c0 * DK_CHUNK);
+            const uint64_t *row = B.drows;
+            for (size_t r = 0; r < nrows; r++, row += nw) {
+                for (size_t j = 0; j + 1 < nw; j++) {
+                    if (row[j]) dropped += popcount64(row[j]);
+                    put_bits(&w, ~row[j], 64);
+                }
+                uint64_t v = row[nw - 1];
+                if (v) dropped += popcount64(v);
+                put_bits(&w, ~v & last, tail);
             }
-            dropped += __builtin_popcountll(row[nw - 1]);
-            put_bits(&w, ~row[nw - 1] & last, tail);
         }
     }
     flush_bits(&w);
