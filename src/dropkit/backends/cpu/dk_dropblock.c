@@ -20,19 +20,6 @@
 #define DB_MAX_THREADS 256
 #define DB_GROUP_WORDS 16384
 
-typedef struct {
-    dk_stream stream;
-    const dk_isa_ops *ops;
-    uint64_t nplanes;
-    int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
-    uint64_t vplane, fplane;             /* seed words and mask elements per plane */
-    size_t nw;                           /* uint64_t words per mask row: ceil(feat[2] / 64) */
-    uint8_t *keep;
-    uint64_t unit; /* planes per thread are a multiple of this: each thread's bits start on a byte */
-    int64_t kept[DB_MAX_THREADS];
-    int nt, failed[DB_MAX_THREADS];
-} db_job;
-
 /* Appends bit runs to a packed bit array, storing 8 bytes at a time; the array starts on a byte. */
 typedef struct {
     uint8_t *dst;
@@ -98,14 +85,52 @@ static inline void or_row(uint64_t *dst, const uint64_t *src, size_t nw) {
     for (size_t j = 0; j < nw; j++) dst[j] |= src[j];
 }
 
-/* Bits set in v (SWAR: this file is built without a popcnt target, and only rows that drop
- * something are counted). */
+/* Bits set in v, portably (SWAR: no popcnt instruction assumed). */
 static inline int64_t popcount64(uint64_t v) {
     v -= (v >> 1) & 0x5555555555555555ull;
     v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
     v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0Full;
     return (int64_t)((v * 0x0101010101010101ull) >> 56);
 }
+
+/* Appends the keep bits of nrows dropped rows (nw words each, `tail` bits in the last) to w
+ * and returns how many elements they drop. Built twice on x86: portably and for CPUs with
+ * popcnt (every CPU that runs the SIMD paths). */
+#define DB_DEFINE_PACK(NAME, ATTR, POPCOUNT)                                                          \
+    ATTR static int64_t NAME(const uint64_t *rows, size_t nrows, size_t nw, unsigned tail, bit_writer *w) { \
+        const uint64_t last = tail == 64 ? ~UINT64_C(0) : (UINT64_C(1) << tail) - 1;                  \
+        int64_t dropped = 0;                                                                          \
+        for (size_t r = 0; r < nrows; r++, rows += nw) {                                              \
+            for (size_t j = 0; j + 1 < nw; j++) {                                                     \
+                dropped += (int64_t)POPCOUNT(rows[j]);                                                \
+                put_bits(w, ~rows[j], 64);                                                            \
+            }                                                                                         \
+            dropped += (int64_t)POPCOUNT(rows[nw - 1]);                                               \
+            put_bits(w, ~rows[nw - 1] & last, tail);                                                  \
+        }                                                                                             \
+        return dropped;                                                                               \
+    }
+
+DB_DEFINE_PACK(pack_rows, , popcount64)
+#if defined(DK_HAVE_X86)
+DB_DEFINE_PACK(pack_rows_popcnt, __attribute__((target("popcnt"))), __builtin_popcountll)
+#endif
+
+typedef int64_t (*db_pack_fn)(const uint64_t *rows, size_t nrows, size_t nw, unsigned tail, bit_writer *w);
+
+typedef struct {
+    dk_stream stream;
+    const dk_isa_ops *ops;
+    db_pack_fn pack;
+    uint64_t nplanes;
+    int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
+    uint64_t vplane, fplane;             /* seed words and mask elements per plane */
+    size_t nw;                           /* uint64_t words per mask row: ceil(feat[2] / 64) */
+    uint8_t *keep;
+    uint64_t unit; /* planes per thread are a multiple of this: each thread's bits start on a byte */
+    int64_t kept[DB_MAX_THREADS];
+    int nt, failed[DB_MAX_THREADS];
+} db_job;
 
 typedef struct {
     uint64_t *words; /* seed words as keep bits, chunks c0 .. c1 - 1 */
@@ -132,14 +157,13 @@ static void draw_words(const db_job *J, db_buffers *B, uint64_t p0, uint64_t p1)
     B->c1 = c1;
 }
 
-/* Seed row `rr` (row-major over (valid[0], valid[1])) of the plane whose seed bits start at bit
- * `pos0` of B->words: dilated along W, then ORed into the block[1] rows of hrows it reaches. */
-static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos0, uint64_t rr) {
-    const uint64_t V1 = (uint64_t)J->valid[1], V2 = (uint64_t)J->valid[2];
+/* The seed row whose bits start at bit `pos` of B->words, dilated along W, ORed into the
+ * block[1] rows from dst on. */
+static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos, uint64_t *dst) {
+    const uint64_t V2 = (uint64_t)J->valid[2];
     const size_t nw = J->nw;
-    uint64_t *dst = B->hrows + (size_t)((rr / V1) * (uint64_t)J->feat[1] + rr % V1) * nw;
     if (nw == 1) {
-        uint64_t pos = pos0 + rr * V2, v = B->words[pos >> 6] >> (pos & 63);
+        uint64_t v = B->words[pos >> 6] >> (pos & 63);
         if ((pos & 63) + V2 > 64) v |= B->words[(pos >> 6) + 1] << (64 - (pos & 63));
         v = ~v & (V2 == 64 ? ~UINT64_C(0) : (UINT64_C(1) << V2) - 1);
         if (!v) return;
@@ -149,7 +173,7 @@ static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos0, uint64_t 
         for (int64_t y = 0; y < J->block[1]; y++) dst[y] |= v;
         return;
     }
-    seed_row(B->words, pos0 + rr * V2, V2, B->row);
+    seed_row(B->words, pos, V2, B->row);
     size_t used = (size_t)((V2 + 63) / 64);
     memset(B->row + used, 0, (nw - used) * sizeof(uint64_t));
     if (!row_nonzero(B->row, nw)) return;
@@ -158,23 +182,28 @@ static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos0, uint64_t 
 }
 
 /* The dropped rows of the plane whose seed bits start at bit pos0 of B->words, into B->drows.
- * Only rows that hold a seed are read: whole words of kept bits are skipped. */
+ * Only rows that hold a seed are read: whole words of kept bits are skipped, and a cursor
+ * walks the rows in order (no division per seed). */
 static void dropped_rows(const db_job *J, db_buffers *B, uint64_t pos0) {
-    const int64_t V0 = J->valid[0], F0 = J->feat[0], F1 = J->feat[1], B0 = J->block[0];
+    const int64_t V0 = J->valid[0], V1 = J->valid[1], F0 = J->feat[0], F1 = J->feat[1], B0 = J->block[0];
     const uint64_t V2 = (uint64_t)J->valid[2], end = pos0 + J->vplane;
     const size_t nw = J->nw;
     memset(B->hrows, 0, (size_t)(V0 * F1) * nw * sizeof(uint64_t));
-    uint64_t next = 0; /* rows before this one are done */
-    for (uint64_t i = pos0 >> 6; i * 64 < end; i++) {
+    uint64_t row = pos0; /* first bit of the cursor's row, (d, r) */
+    int64_t d = 0, r = 0;
+    for (uint64_t i = pos0 >> 6; i * 64 < end && row < end; i++) {
         uint64_t seeds = ~B->words[i];
         if (i * 64 < pos0) seeds &= ~UINT64_C(0) << (pos0 - i * 64);
         if (end - i * 64 < 64) seeds &= (UINT64_C(1) << (end - i * 64)) - 1;
         if (!seeds) continue;
-        uint64_t lo = i * 64 + (uint64_t)__builtin_ctzll(seeds) - pos0;
-        uint64_t hi = i * 64 + 63 - (uint64_t)__builtin_clzll(seeds) - pos0;
-        uint64_t r0 = lo / V2, r1 = hi / V2;
-        for (uint64_t rr = r0 > next ? r0 : next; rr <= r1; rr++) scatter_row(J, B, pos0, rr);
-        if (r1 + 1 > next) next = r1 + 1;
+        uint64_t lo = i * 64 + (uint64_t)__builtin_ctzll(seeds), hi = i * 64 + 63 - (uint64_t)__builtin_clzll(seeds);
+        for (; row <= hi; row += V2) {
+            if (row + V2 > lo) scatter_row(J, B, row, B->hrows + (size_t)(d * F1 + r) * nw);
+            if (++r == V1) {
+                r = 0;
+                d++;
+            }
+        }
     }
     if (B0 == 1) return;
     memset(B->drows, 0, (size_t)(F0 * F1) * nw * sizeof(uint64_t));
@@ -212,7 +241,6 @@ static void dropblock_part(void *ctx, int k) {
     }
     B.hrows = B.row + nw;
     B.drows = dsize ? B.hrows + hsize : B.hrows;
-    const uint64_t last = F2 & 63 ? (UINT64_C(1) << (F2 & 63)) - 1 : ~UINT64_C(0);
     const unsigned tail = F2 & 63 ? (unsigned)(F2 & 63) : 64;
     bit_writer w = {J->keep + lo * J->fplane / 8, 0, 0};
     int64_t dropped = 0;
@@ -221,16 +249,7 @@ static void dropblock_part(void *ctx, int k) {
         draw_words(J, &B, g, gend);
         for (uint64_t p = g; p < gend; p++) {
             dropped_rows(J, &B, p * J->vplane - B.c0 * DK_CHUNK);
-            const uint64_t *row = B.drows;
-            for (size_t r = 0; r < nrows; r++, row += nw) {
-                for (size_t j = 0; j + 1 < nw; j++) {
-                    if (row[j]) dropped += popcount64(row[j]);
-                    put_bits(&w, ~row[j], 64);
-                }
-                uint64_t v = row[nw - 1];
-                if (v) dropped += popcount64(v);
-                put_bits(&w, ~v & last, tail);
-            }
+            dropped += J->pack(B.drows, nrows, nw, tail, &w);
         }
     }
     flush_bits(&w);
@@ -284,6 +303,10 @@ int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshol
         return err;
     }
     J->nw = (size_t)((J->feat[2] + 63) / 64);
+    J->pack = pack_rows;
+#if defined(DK_HAVE_X86)
+    if (isa != DK_ISA_SCALAR && __builtin_cpu_supports("popcnt")) J->pack = pack_rows_popcnt;
+#endif
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
         J->stream.k0[r] = k0;
