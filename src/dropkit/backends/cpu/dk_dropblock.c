@@ -85,47 +85,24 @@ static inline void or_row(uint64_t *dst, const uint64_t *src, size_t nw) {
     for (size_t j = 0; j < nw; j++) dst[j] |= src[j];
 }
 
-/* Bits set in v, portably (SWAR: no popcnt instruction assumed). */
-static inline int64_t popcount64(uint64_t v) {
+/* Bits set in v: the compiler's builtin where the caller is built for popcnt (hw), else SWAR
+ * (the builtin would be a library call). */
+static inline int64_t popcount(uint64_t v, int hw) {
+    if (hw) return __builtin_popcountll(v);
     v -= (v >> 1) & 0x5555555555555555ull;
     v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
     v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0Full;
     return (int64_t)((v * 0x0101010101010101ull) >> 56);
 }
 
-/* Appends the keep bits of nrows dropped rows (nw words each, `tail` bits in the last) to w
- * and returns how many elements they drop. Built twice on x86: portably and for CPUs with
- * popcnt (every CPU that runs the SIMD paths). */
-#define DB_DEFINE_PACK(NAME, ATTR, POPCOUNT)                                                          \
-    ATTR static int64_t NAME(const uint64_t *rows, size_t nrows, size_t nw, unsigned tail, bit_writer *w) { \
-        const uint64_t last = tail == 64 ? ~UINT64_C(0) : (UINT64_C(1) << tail) - 1;                  \
-        int64_t dropped = 0;                                                                          \
-        for (size_t r = 0; r < nrows; r++, rows += nw) {                                              \
-            for (size_t j = 0; j + 1 < nw; j++) {                                                     \
-                dropped += (int64_t)POPCOUNT(rows[j]);                                                \
-                put_bits(w, ~rows[j], 64);                                                            \
-            }                                                                                         \
-            dropped += (int64_t)POPCOUNT(rows[nw - 1]);                                               \
-            put_bits(w, ~rows[nw - 1] & last, tail);                                                  \
-        }                                                                                             \
-        return dropped;                                                                               \
-    }
-
-DB_DEFINE_PACK(pack_rows, , popcount64)
-#if defined(DK_HAVE_X86)
-DB_DEFINE_PACK(pack_rows_popcnt, __attribute__((target("popcnt"))), __builtin_popcountll)
-#endif
-
-typedef int64_t (*db_pack_fn)(const uint64_t *rows, size_t nrows, size_t nw, unsigned tail, bit_writer *w);
-
 typedef struct {
     dk_stream stream;
     const dk_isa_ops *ops;
-    db_pack_fn pack;
     uint64_t nplanes;
     int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
     uint64_t vplane, fplane;             /* seed words and mask elements per plane */
     size_t nw;                           /* uint64_t words per mask row: ceil(feat[2] / 64) */
+    uint64_t vmask;                      /* the valid[2] low bits (a seed row when nw == 1) */
     uint8_t *keep;
     uint64_t unit; /* planes per thread are a multiple of this: each thread's bits start on a byte */
     int64_t kept[DB_MAX_THREADS];
@@ -157,51 +134,42 @@ static void draw_words(const db_job *J, db_buffers *B, uint64_t p0, uint64_t p1)
     B->c1 = c1;
 }
 
-/* The seed row whose bits start at bit `pos` of B->words, dilated along W, ORed into the
- * block[1] rows from dst on. */
-static void scatter_row(const db_job *J, db_buffers *B, uint64_t pos, uint64_t *dst) {
+/* The dropped rows of the plane whose seed bits start at bit pos0 of B->words, into B->drows.
+ * Each seed row is read with word shifts; the one branch taken per row is "holds a seed". */
+static inline __attribute__((always_inline)) void dropped_rows(const db_job *J, db_buffers *B, uint64_t pos0) {
+    const int64_t V0 = J->valid[0], V1 = J->valid[1], F0 = J->feat[0], F1 = J->feat[1];
+    const int64_t B0 = J->block[0], B1 = J->block[1], B2 = J->block[2];
     const uint64_t V2 = (uint64_t)J->valid[2];
     const size_t nw = J->nw;
-    if (nw == 1) {
-        uint64_t v = B->words[pos >> 6] >> (pos & 63);
-        if ((pos & 63) + V2 > 64) v |= B->words[(pos >> 6) + 1] << (64 - (pos & 63));
-        v = ~v & (V2 == 64 ? ~UINT64_C(0) : (UINT64_C(1) << V2) - 1);
-        if (!v) return;
-        int64_t span = 1, b = J->block[2];
-        for (; 2 * span <= b; span *= 2) v |= v << span;
-        if (span < b) v |= v << (b - span);
-        for (int64_t y = 0; y < J->block[1]; y++) dst[y] |= v;
-        return;
-    }
-    seed_row(B->words, pos, V2, B->row);
-    size_t used = (size_t)((V2 + 63) / 64);
-    memset(B->row + used, 0, (nw - used) * sizeof(uint64_t));
-    if (!row_nonzero(B->row, nw)) return;
-    dilate_row(B->row, nw, J->block[2]);
-    for (int64_t y = 0; y < J->block[1]; y++) or_row(dst + (size_t)y * nw, B->row, nw);
-}
-
-/* The dropped rows of the plane whose seed bits start at bit pos0 of B->words, into B->drows.
- * Only rows that hold a seed are read: whole words of kept bits are skipped, and a cursor
- * walks the rows in order (no division per seed). */
-static void dropped_rows(const db_job *J, db_buffers *B, uint64_t pos0) {
-    const int64_t V0 = J->valid[0], V1 = J->valid[1], F0 = J->feat[0], F1 = J->feat[1], B0 = J->block[0];
-    const uint64_t V2 = (uint64_t)J->valid[2], end = pos0 + J->vplane;
-    const size_t nw = J->nw;
     memset(B->hrows, 0, (size_t)(V0 * F1) * nw * sizeof(uint64_t));
-    uint64_t row = pos0; /* first bit of the cursor's row, (d, r) */
-    int64_t d = 0, r = 0;
-    for (uint64_t i = pos0 >> 6; i * 64 < end && row < end; i++) {
-        uint64_t seeds = ~B->words[i];
-        if (i * 64 < pos0) seeds &= ~UINT64_C(0) << (pos0 - i * 64);
-        if (end - i * 64 < 64) seeds &= (UINT64_C(1) << (end - i * 64)) - 1;
-        if (!seeds) continue;
-        uint64_t lo = i * 64 + (uint64_t)__builtin_ctzll(seeds), hi = i * 64 + 63 - (uint64_t)__builtin_clzll(seeds);
-        for (; row <= hi; row += V2) {
-            if (row + V2 > lo) scatter_row(J, B, row, B->hrows + (size_t)(d * F1 + r) * nw);
-            if (++r == V1) {
-                r = 0;
-                d++;
+    uint64_t pos = pos0;
+    if (nw == 1) {
+        const uint64_t *words = B->words, vmask = J->vmask;
+        for (int64_t d = 0; d < V0; d++) {
+            uint64_t *slab = B->hrows + d * F1;
+            for (int64_t r = 0; r < V1; r++, pos += V2) {
+                /* the word after the row's first is always in the buffer; its bits are cut off
+                 * by the mask when the row ends in the first */
+                const uint64_t *src = words + (pos >> 6);
+                const unsigned sh = (unsigned)(pos & 63);
+                uint64_t v = ~((src[0] >> sh) | ((src[1] << 1) << (63 - sh))) & vmask;
+                if (!v) continue;
+                int64_t span = 1;
+                for (; 2 * span <= B2; span *= 2) v |= v << span;
+                if (span < B2) v |= v << (B2 - span);
+                for (int64_t y = r; y < r + B1; y++) slab[y] |= v;
+            }
+        }
+    } else {
+        size_t used = (size_t)((V2 + 63) / 64);
+        for (int64_t d = 0; d < V0; d++) {
+            uint64_t *slab = B->hrows + (size_t)(d * F1) * nw;
+            for (int64_t r = 0; r < V1; r++, pos += V2) {
+                seed_row(B->words, pos, V2, B->row);
+                memset(B->row + used, 0, (nw - used) * sizeof(uint64_t));
+                if (!row_nonzero(B->row, nw)) continue;
+                dilate_row(B->row, nw, B2);
+                for (int64_t y = r; y < r + B1; y++) or_row(slab + (size_t)y * nw, B->row, nw);
             }
         }
     }
@@ -215,8 +183,10 @@ static void dropped_rows(const db_job *J, db_buffers *B, uint64_t pos0) {
         }
 }
 
-static void dropblock_part(void *ctx, int k) {
-    db_job *J = ctx;
+/* Thread k's planes. Inlined into two entry points: a portable one, and on x86 one compiled for
+ * the bit instructions of every CPU that runs the SIMD paths (popcnt, and BMI2's shifts by a
+ * register, which plain x86-64 does in three micro-ops); `hw` says which. */
+static inline __attribute__((always_inline)) void build_part(db_job *J, int k, int hw) {
     uint64_t units = (J->nplanes + J->unit - 1) / J->unit;
     uint64_t per = (units + (uint64_t)J->nt - 1) / (uint64_t)J->nt * J->unit;
     uint64_t lo = per * (uint64_t)k, hi = lo + per;
@@ -231,7 +201,7 @@ static void dropblock_part(void *ctx, int k) {
      * calls keep the SIMD paths' interleaved rounds busy */
     const uint64_t group = J->vplane < DB_GROUP_WORDS ? DB_GROUP_WORDS / J->vplane : 1;
     db_buffers B = {0};
-    B.words = malloc((size_t)(group * J->vplane / DK_CHUNK + 2) * sizeof(uint64_t));
+    B.words = calloc((size_t)(group * J->vplane / DK_CHUNK + 3), sizeof(uint64_t));
     B.row = malloc((nw + hsize + dsize) * sizeof(uint64_t));
     if (!B.words || !B.row) {
         J->failed[k] = 1;
@@ -242,6 +212,7 @@ static void dropblock_part(void *ctx, int k) {
     B.hrows = B.row + nw;
     B.drows = dsize ? B.hrows + hsize : B.hrows;
     const unsigned tail = F2 & 63 ? (unsigned)(F2 & 63) : 64;
+    const uint64_t last = tail == 64 ? ~UINT64_C(0) : (UINT64_C(1) << tail) - 1;
     bit_writer w = {J->keep + lo * J->fplane / 8, 0, 0};
     int64_t dropped = 0;
     for (uint64_t g = lo; g < hi; g += group) {
@@ -249,7 +220,15 @@ static void dropblock_part(void *ctx, int k) {
         draw_words(J, &B, g, gend);
         for (uint64_t p = g; p < gend; p++) {
             dropped_rows(J, &B, p * J->vplane - B.c0 * DK_CHUNK);
-            dropped += J->pack(B.drows, nrows, nw, tail, &w);
+            const uint64_t *row = B.drows;
+            for (size_t r = 0; r < nrows; r++, row += nw) {
+                for (size_t j = 0; j + 1 < nw; j++) {
+                    dropped += popcount(row[j], hw);
+                    put_bits(&w, ~row[j], 64);
+                }
+                dropped += popcount(row[nw - 1], hw);
+                put_bits(&w, ~row[nw - 1] & last, tail);
+            }
         }
     }
     flush_bits(&w);
@@ -257,6 +236,14 @@ static void dropblock_part(void *ctx, int k) {
     free(B.words);
     free(B.row);
 }
+
+static void dropblock_part(void *ctx, int k) { build_part(ctx, k, 0); }
+
+#if defined(DK_HAVE_X86)
+__attribute__((target("popcnt,bmi,bmi2"))) static void dropblock_part_bmi2(void *ctx, int k) {
+    build_part(ctx, k, 1);
+}
+#endif
 
 static int thread_count(uint64_t work, int nthreads) {
     uint64_t useful = work / DB_MIN_PER_THREAD;
@@ -303,10 +290,8 @@ int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshol
         return err;
     }
     J->nw = (size_t)((J->feat[2] + 63) / 64);
-    J->pack = pack_rows;
-#if defined(DK_HAVE_X86)
-    if (isa != DK_ISA_SCALAR && __builtin_cpu_supports("popcnt")) J->pack = pack_rows_popcnt;
-#endif
+    J->vmask = J->valid[2] >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << J->valid[2]) - 1;
+
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
         J->stream.k0[r] = k0;
@@ -320,7 +305,12 @@ int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshol
     J->nt = thread_count(nplanes * J->fplane, nthreads);
     uint64_t units = (nplanes + J->unit - 1) / J->unit;
     if ((uint64_t)J->nt > units) J->nt = units ? (int)units : 1;
-    dk_parallel(J->nt, dropblock_part, J);
+    void (*part)(void *ctx, int k) = dropblock_part;
+#if defined(DK_HAVE_X86)
+    if (isa != DK_ISA_SCALAR && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi2"))
+        part = dropblock_part_bmi2;
+#endif
+    dk_parallel(J->nt, part, J);
     int64_t kept = 0;
     for (int k = 0; k < J->nt; k++) {
         if (J->failed[k]) err = -6;
