@@ -15,7 +15,16 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-_SOURCES = ["dk_cpu.c", "dk_bcast.c", "dk_dropblock.c", "dk_words.c", "dk_scalar.c", "dk_avx2.c", "dk_avx512.c", "dk_neon.c"]
+_SOURCES = [
+    "dk_cpu.c",
+    "dk_bcast.c",
+    "dk_dropblock.c",
+    "dk_words.c",
+    "dk_scalar.c",
+    "dk_avx2.c",
+    "dk_avx512.c",
+    "dk_neon.c",
+]
 # -ffp-contract=off: the product must be rounded exactly as the reference backend rounds it.
 _CFLAGS = [] if sys.platform == "win32" else ["-O3", "-std=c11", "-ffp-contract=off", "-pthread"]
 _LDFLAGS = [] if sys.platform == "win32" else ["-pthread"]
