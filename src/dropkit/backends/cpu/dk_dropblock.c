@@ -221,6 +221,13 @@ static inline __attribute__((always_inline)) void build_part(db_job *J, int k, i
         for (uint64_t p = g; p < gend; p++) {
             dropped_rows(J, &B, p * J->vplane - B.c0 * DK_CHUNK);
             const uint64_t *row = B.drows;
+            if (nw == 1) {
+                for (size_t r = 0; r < nrows; r++) {
+                    dropped += popcount(row[r], hw);
+                    put_bits(&w, ~row[r] & last, tail);
+                }
+                continue;
+            }
             for (size_t r = 0; r < nrows; r++, row += nw) {
                 for (size_t j = 0; j + 1 < nw; j++) {
                     dropped += popcount(row[j], hw);
