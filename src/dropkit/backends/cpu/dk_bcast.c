@@ -12,6 +12,8 @@
  * dk_dropblock.c. */
 #include "dk_common.h"
 
+#include <stdlib.h>
+
 #define DK_MAX_DIMS 8
 #define DK_TILE 2048
 #define DK_MIN_PER_THREAD (1u << 17)
