@@ -185,7 +185,7 @@ static inline __attribute__((always_inline)) void dropped_rows(const db_job *J, 
 
 /* Thread k's planes. Inlined into two entry points: a portable one, and on x86 one compiled for
  * the bit instructions of every CPU that runs the SIMD paths (popcnt, and BMI2's shifts by a
- * register, which plain x86-64 does in three micro-ops); `hw` says which. */
+ * register, which plain x86-64 does in more micro-ops); `hw` says which. */
 static inline __attribute__((always_inline)) void build_part(db_job *J, int k, int hw) {
     uint64_t units = (J->nplanes + J->unit - 1) / J->unit;
     uint64_t per = (units + (uint64_t)J->nt - 1) / (uint64_t)J->nt * J->unit;
