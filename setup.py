@@ -16,7 +16,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 _SOURCES = [
-    "dk_cpu.c", "dk_bcast.c", "dk_words.c", "dk_noise.c",
+    "dk_cpu.c", "dk_bcast.c", "dk_dropblock.c", "dk_words.c", "dk_noise.c",
     "dk_scalar.c", "dk_avx2.c", "dk_avx512.c", "dk_neon.c",
 ]
 # -ffp-contract=off: every product and sum must be rounded exactly as the reference backend rounds

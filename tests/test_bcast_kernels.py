@@ -189,6 +189,12 @@ def dropblock_cases():
     yield (1, 3, 5, 6, 7), (2, 3, 4), 0.25
     yield (2, 2, 4, 4, 4), (1, 1, 1), 0.5
     yield (4, 16, 64, 64), (7, 7), 0.1  # two threads
+    yield (2, 3, 5, 130), (2, 7), 0.3  # rows of three 64-bit words
+    yield (3, 2, 9, 64), (4, 64), 0.4  # one word per row, the block as wide as the map
+    yield (2, 2, 3, 200), (3, 65), 0.6  # a block wider than one word
+    yield (1, 5, 3, 4, 70), (2, 1, 33), 0.3  # 3-D with multi-word rows
+    yield (8, 1000, 5, 7), (2, 4), 0.2  # planes of 35 bits (not whole bytes), two threads
+    yield (2, 3, 11, 9), (6, 4), 0.95  # dense seeds
 
 
 @pytest.mark.parametrize("case", list(dropblock_cases()), ids=str)

@@ -63,6 +63,10 @@ static int check_bcast(int isa, const char *name) {
             failures++;
         }
         int64_t feat[2] = {7 + trial % 9, 5 + trial % 11}, block[2] = {1 + trial % 7, 1 + trial % 5}, kr, kk;
+        if (trial % 4 == 3) { /* rows of two or three 64-bit words, blocks up to 70 wide */
+            feat[1] = 60 + trial % 81;
+            block[1] = 1 + (trial * 7) % 70;
+        }
         if (block[0] > feat[0]) block[0] = feat[0];
         if (block[1] > feat[1]) block[1] = feat[1];
         memset(k_ref, 0, sizeof k_ref);

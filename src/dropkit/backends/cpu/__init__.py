@@ -683,15 +683,14 @@ def _dropblock_bits(
         raise ValueError(f"shape {shape} and block_size {blocks}: need (N, C, *spatial), 2 or 3 spatial dims")
     ms = (shape[0], 1 if shared_channels else shape[1], *shape[2:])
     n = math.prod(ms)
-    bits = torch.zeros((n + 7) // 8, dtype=torch.uint8)
+    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)  # the kernel writes every byte
     if n == 0:
         return bits, 0
-    feat = torch.tensor(shape[2:], dtype=torch.int64)
-    blk = torch.tensor(blocks, dtype=torch.int64)
+    dims = ctypes.c_int64 * len(blocks)
     kept = ctypes.c_int64(0)
     _check(
         _lib.dk_dropblock_mask(
-            _isa_code, seed, offset, threshold, ms[0] * ms[1], len(blocks), feat.data_ptr(), blk.data_ptr(),
+            _isa_code, seed, offset, threshold, ms[0] * ms[1], len(blocks), dims(*shape[2:]), dims(*blocks),
             bits.data_ptr(), ctypes.addressof(kept), torch.get_num_threads(),
         )
     )

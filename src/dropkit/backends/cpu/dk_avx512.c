@@ -14,12 +14,14 @@
 #include <immintrin.h>
 
 /* hi/lo halves of a * m per 32-bit lane; vpmuludq multiplies the even lanes, so the odd lanes
- * are shifted down for a second product and the halves are blended back into place. */
+ * are shifted down for a second product. Each 64-bit product holds its lo half in the even and
+ * its hi half in the odd 32-bit lane; a masked in-pair swap moves the halves that are out of
+ * place (one instruction per result, where shift-and-blend took two). */
 static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
     __m512i even = _mm512_mul_epu32(a, m);
     __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    *hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
+    *lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
 /* Philox rounds of DK_ILP independent chunks at once: one chunk's rounds are a chain of
@@ -57,6 +59,7 @@ static void gen_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, uint6
             c1[k] = counters_hi(base, c0[k]);
             c2[k] = c3[k] = _mm512_setzero_si512();
         }
+#pragma GCC unroll 10
         for (int r = 0; r < DK_ROUNDS; r++) {
             const __m512i k0 = _mm512_set1_epi32((int)s->k0[r]), k1 = _mm512_set1_epi32((int)s->k1[r]);
 #pragma GCC unroll 4

@@ -1,4 +1,4 @@
-/* Masks with broadcast dimensions, and DropBlock's block masks.
+/* Masks with broadcast dimensions.
  *
  * dk_bcast_apply applies a bit-packed keep-mask drawn over a reduced shape (every dim either the
  * input's or 1) to the full tensor in one pass. The caller describes the tensor as a loop nest of
@@ -8,10 +8,8 @@
  * and written in place, a strided one gathered to and scattered from a buffer; the tile's mask
  * words are one bit repeated (mask stride 0), a bit-shifted copy of the packed mask (stride 1) or
  * gathered bit by bit. Threads take ranges of the iteration order and write disjoint elements,
- * so the result never depends on how many ran.
- *
- * dk_dropblock_mask builds DropBlock's keep-mask plane by plane: the seed grid's words, the
- * seeds (word < threshold) dilated by the block along each spatial axis, the kept count. */
+ * so the result never depends on how many ran. DropBlock's block masks are built in
+ * dk_dropblock.c. */
 #include "dk_common.h"
 
 #include <stdlib.h>
@@ -245,146 +243,4 @@ int dk_bcast_draw_apply(int isa, int op, int dtype, const void *x, void *y, uint
         if (err) return err;
     }
     return dk_bcast_apply(isa, op, dtype, x, y, bits, nbits, nd, sizes, xstr, ystr, mstr, scale, a, b, c, nthreads);
-}
-
-/* ---- DropBlock ---- */
-
-typedef struct {
-    dk_stream stream;
-    const dk_isa_ops *ops;
-    uint64_t nplanes;
-    int64_t feat[3], valid[3], block[3]; /* spatial dims, padded in front with 1s to three */
-    uint64_t vplane, fplane;             /* seed words and mask elements per plane */
-    uint8_t *keep;  /* packed bits, zeroed by the caller */
-    uint64_t unit;  /* planes per thread are a multiple of this: each thread's bits start on a byte */
-    int64_t kept[DK_MAX_THREADS];
-    int nt, failed[DK_MAX_THREADS];
-} db_job;
-
-/* Dilate along one axis: in has (outer, len, inner) bytes, out (outer, len + b - 1, inner), and
- * out[o][y][i] = OR of in[o][y - k][i] for k < b where 0 <= y - k < len. */
-static void dilate(const uint8_t *in, uint8_t *out, int64_t outer, int64_t len, int64_t inner, int64_t b) {
-    int64_t olen = len + b - 1, run = len * inner;
-    memset(out, 0, (size_t)(outer * olen * inner));
-    for (int64_t o = 0; o < outer; o++) {
-        const uint8_t *src = in + o * run;
-        uint8_t *dst = out + o * olen * inner;
-        for (int64_t k = 0; k < b; k++) {
-            uint8_t *d = dst + k * inner;
-            for (int64_t i = 0; i < run; i++) d[i] |= src[i];
-        }
-    }
-}
-
-static void dropblock_part(void *ctx, int k) {
-    db_job *J = ctx;
-    uint64_t units = (J->nplanes + J->unit - 1) / J->unit;
-    uint64_t per = (units + (uint64_t)J->nt - 1) / (uint64_t)J->nt * J->unit;
-    uint64_t lo = per * (uint64_t)k, hi = lo + per;
-    if (hi > J->nplanes) hi = J->nplanes;
-    J->kept[k] = 0;
-    if (lo >= hi) return;
-    size_t nwords = (size_t)(J->vplane / DK_CHUNK + 2);
-    size_t fsz = (size_t)J->fplane;
-    uint64_t *masks = malloc(nwords * sizeof(uint64_t));
-    uint8_t *a = malloc(fsz + 1), *b = malloc(fsz + 1);
-    if (!masks || !a || !b) {
-        J->failed[k] = 1;
-        free(masks);
-        free(a);
-        free(b);
-        return;
-    }
-    int64_t kept = 0;
-    for (uint64_t p = lo; p < hi; p++) {
-        uint64_t first = p * J->vplane, c0 = first / DK_CHUNK, c1 = (first + J->vplane + DK_CHUNK - 1) / DK_CHUNK;
-        if (J->stream.keep_all)
-            memset(masks, 0xFF, (size_t)(c1 - c0) * sizeof(uint64_t));
-        else
-            J->ops->gen(&J->stream, c0, (size_t)(c1 - c0), masks);
-        /* seeds as bytes over the valid grid: a word below the threshold (not "kept") is a seed */
-        uint64_t sh = first - c0 * DK_CHUNK;
-        for (uint64_t v = 0; v < J->vplane; v++) {
-            uint64_t bpos = sh + v;
-            a[v] = (uint8_t)(((masks[bpos >> 6] >> (bpos & 63)) & 1u) ^ 1u);
-        }
-        /* (V0, V1, V2) -> (F0, V1, V2) -> (F0, F1, V2) -> (F0, F1, F2) */
-        int64_t s0 = J->valid[0], s1 = J->valid[1], s2 = J->valid[2];
-        dilate(a, b, 1, s0, s1 * s2, J->block[0]);
-        s0 = J->feat[0];
-        dilate(b, a, s0, s1, s2, J->block[1]);
-        s1 = J->feat[1];
-        dilate(a, b, s0 * s1, s2, 1, J->block[2]);
-        uint64_t pos = p * J->fplane;
-        int64_t dropped = 0;
-        for (size_t i = 0; i < fsz; i++, pos++) {
-            dropped += b[i];
-            J->keep[pos >> 3] |= (uint8_t)((b[i] ^ 1u) << (pos & 7));
-        }
-        kept += (int64_t)fsz - dropped;
-    }
-    J->kept[k] = kept;
-    free(masks);
-    free(a);
-    free(b);
-}
-
-/* DropBlock's keep-mask over nplanes planes of nsp (2 or 3) spatial dims feat[], blocks block[]
- * (each at most its feat): plane p's seed grid, of valid[d] = feat[d] - block[d] + 1 per dim,
- * uses stream words p * prod(valid) + (row-major position); a position is a seed iff its word
- * is < threshold, and mask element y is dropped iff a seed lies in [y - b + 1, y] on every
- * axis. ORs the packed keep bits into keep[] (bit i of byte i / 8 for mask element i; the
- * caller zeroes it: ceil(nplanes * prod(feat) / 8) bytes) and writes *kept_out (the kept count).
- * Returns 0, or -1 (ISA), -3 (threshold above 2^32), -5 (bad sizes), -6 (out of memory). */
-int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nplanes, int nsp,
-                      const int64_t *feat, const int64_t *block, uint8_t *keep, int64_t *kept_out, int nthreads) {
-    db_job *J = calloc(1, sizeof(db_job));
-    if (!J) return -6;
-    J->ops = dk_isa_lookup(isa);
-    int err = 0;
-    if (!J->ops) err = -1;
-    if (threshold > (UINT64_C(1) << 32)) err = -3;
-    if (nsp < 1 || nsp > 3) err = -5;
-    if (err) {
-        free(J);
-        return err;
-    }
-    J->nplanes = nplanes;
-    J->keep = keep;
-    J->vplane = J->fplane = 1;
-    for (int d = 0; d < 3; d++) {
-        int s = d - (3 - nsp);
-        J->feat[d] = s >= 0 ? feat[s] : 1;
-        J->block[d] = s >= 0 ? block[s] : 1;
-        if (J->feat[d] < 1 || J->block[d] < 1 || J->block[d] > J->feat[d]) err = -5;
-        J->valid[d] = J->feat[d] - J->block[d] + 1;
-        J->vplane *= (uint64_t)J->valid[d];
-        J->fplane *= (uint64_t)J->feat[d];
-    }
-    if (err) {
-        free(J);
-        return err;
-    }
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
-        J->stream.k0[r] = k0;
-        J->stream.k1[r] = k1;
-    }
-    J->stream.offset = offset;
-    J->stream.keep_all = threshold == 0;
-    J->stream.tm1 = (uint32_t)(threshold - 1);
-    J->unit = 8;
-    while (J->unit > 1 && (J->unit / 2 * J->fplane) % 8 == 0) J->unit /= 2;
-    J->nt = thread_count(nplanes * J->fplane, nthreads);
-    uint64_t units = (nplanes + J->unit - 1) / J->unit;
-    if ((uint64_t)J->nt > units) J->nt = units ? (int)units : 1;
-    dk_parallel(J->nt, dropblock_part, J);
-    int64_t kept = 0;
-    for (int k = 0; k < J->nt; k++) {
-        if (J->failed[k]) err = -6;
-        kept += J->kept[k];
-    }
-    *kept_out = kept;
-    free(J);
-    return err;
 }
