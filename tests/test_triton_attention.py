@@ -77,6 +77,7 @@ CASES = [
     (19, 19, 16, True, None),
     (17, 23, 8, False, "padding"),
     (9, 11, 8, False, "float"),
+    (9, 11, 8, False, "float, NaN past the last row"),
 ]
 
 
@@ -93,6 +94,11 @@ def test_values_and_gradients_match_the_hand_computation(length, s_len, dim, cau
         mask[0, 0, 0, :] = False  # a fully padded sequence gives zeros, as torch does
     elif mask_kind == "float":
         mask = torch.randn(1, 2, length, s_len)
+    elif mask_kind == "float, NaN past the last row":
+        # The rows of a tile past the query length must not read the mask: here they would read NaN.
+        padded = torch.full((1, 2, length + 16, s_len), float("nan"))
+        padded[:, :, :length] = torch.randn(1, 2, length, s_len)
+        mask = padded[:, :, :length]
     stream = dict(seed=2**63 + 11, offset=2**32 - 2)
     out = flash(q, k, v, mask, causal, **stream)
     ref = hand(q, k, v, mask, causal, **stream)

@@ -34,12 +34,13 @@ _NO_MASK, _BOOL_MASK, _FLOAT_MASK = 0, 1, 2
 
 
 @triton.jit
-def _scores(q, k_ptrs, n_idx, m_idx, mask_ptr, msm, msn, n_len, scale,
+def _scores(q, k_ptrs, n_idx, m_idx, mask_ptr, msm, msn, m_len, n_len, scale,
             CAUSAL: tl.constexpr, MASK: tl.constexpr, kv_ok):
-    """Scaled scores of a (BLOCK_M, BLOCK_N) tile with every mask applied (-inf where masked)."""
+    """Scaled scores of a (BLOCK_M, BLOCK_N) tile with every mask applied (-inf where masked, and on
+    the rows and columns past the ends, whose mask entries are never read)."""
     k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision="ieee").to(tl.float32) * scale
-    allowed = (n_idx[None, :] < n_len) & (m_idx[:, None] >= 0)
+    allowed = (n_idx[None, :] < n_len) & (m_idx[:, None] < m_len)
     if CAUSAL:
         allowed = allowed & (n_idx[None, :] <= m_idx[:, None])
     if MASK == 1:
@@ -86,7 +87,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, heads, msb, m
         n_idx = start_n + tl.arange(0, BLOCK_N)
         kv_ok = (n_idx[:, None] < n_len) & d_ok
         kv_off = z * n_len * head_dim + n_idx[:, None] * head_dim + d_idx[None, :]
-        s = _scores(q, k_ptr + kv_off, n_idx, m_idx, mask_base, msm, msn, n_len, scale,
+        s = _scores(q, k_ptr + kv_off, n_idx, m_idx, mask_base, msm, msn, m_len, n_len, scale,
                     CAUSAL, MASK, kv_ok)
         new_max = tl.maximum(row_max, tl.max(s, 1))
         # A row with nothing allowed so far keeps max -inf; subtracting 0 keeps exp(-inf) = 0.
@@ -111,7 +112,7 @@ def _tile_grads(q, k_ptrs, v, do, lse, delta, z, m_idx, n_idx, m_len, n_len, mas
                 scale, drop_scale, s_lo, s_hi, o_lo, o_hi, thr, kv_ok,
                 CAUSAL: tl.constexpr, MASK: tl.constexpr):
     """``(P * keep * scale, dS)`` of one tile, recomputed from the row log-sum-exp."""
-    s = _scores(q, k_ptrs, n_idx, m_idx, mask_ptr, msm, msn, n_len, scale, CAUSAL, MASK, kv_ok)
+    s = _scores(q, k_ptrs, n_idx, m_idx, mask_ptr, msm, msn, m_len, n_len, scale, CAUSAL, MASK, kv_ok)
     p = tl.exp(s - lse[:, None])
     keep = _keep(z, m_idx, n_idx, m_len, n_len, s_lo, s_hi, o_lo, o_hi, thr)
     dp = tl.where(keep, tl.dot(do, tl.trans(v), input_precision="ieee").to(tl.float32) * drop_scale, 0.0)
