@@ -9,35 +9,12 @@
  *   additive (Gaussian noise):         y = x + c * z
  * with c rounded to the compute dtype, each operation rounded there (no fused multiply-add), and
  * the result rounded once to x's dtype: what the reference backend's torch ops compute.
- *
- * The kernels are compute-bound, and a fresh output of many megabytes costs as much again in
- * page faults (one per 4 KiB page, each zeroing its page) as its arithmetic. Where the system
- * grants transparent huge pages on request (Linux, "madvise" mode), the output's 2 MiB-aligned
- * interior asks for them before it is written: one fault per 2 MiB. A hint only; what is written
- * does not change. */
-#if defined(__linux__)
-#define _DEFAULT_SOURCE /* madvise */
-#include <sys/mman.h>
-#endif
+ */
 #include "dk_normal.h"
 
 #define DK_NOISE_TILE 2048
 #define DK_NOISE_MIN_PER_THREAD (1u << 15)
 #define DK_NOISE_MAX_THREADS 256
-#define DK_HUGE_PAGE ((uintptr_t)1 << 21)
-#define DK_HUGE_MIN ((size_t)4 << 20) /* outputs below 4 MiB keep ordinary pages */
-
-static void hint_huge_pages(void *p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes < DK_HUGE_MIN) return;
-    uintptr_t lo = ((uintptr_t)p + DK_HUGE_PAGE - 1) & ~(DK_HUGE_PAGE - 1);
-    uintptr_t hi = ((uintptr_t)p + bytes) & ~(DK_HUGE_PAGE - 1);
-    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
 
 /* ---- the portable path ---- */
 
@@ -199,9 +176,6 @@ static int run_noise(dk_noise_job *J, int isa, uint64_t seed, uint64_t offset, i
     J->nt = nt;
     J->per = (J->n / (uint64_t)nt + DK_CHUNK - 1) / DK_CHUNK * DK_CHUNK; /* whole chunks: whole pairs */
     if (J->n == 0) return 0;
-    static const size_t esz[5] = {0, 4, 8, 2, 2};
-    size_t out_size = J->dtype ? esz[J->dtype] : (J->f64 ? 8 : 4);
-    if (J->y != J->x) hint_huge_pages(J->y, (size_t)J->n * out_size);
     dk_parallel(nt, noise_part, J);
     return 0;
 }
