@@ -141,6 +141,20 @@ def test_channels_last_rows_share_one_mask_pattern(isa, threads, dtype, channels
     assert_same(y, reference.alpha_forward(x, *args, a, b, a * alpha_p + b, "seed")[0])
 
 
+@pytest.mark.parametrize("shape", [(5,), (3, 5, 7), (2, 0, 3), (4, 3, 5, 6), (33, 67, 131)], ids=str)
+def test_redraw_is_the_seed_storage_forward_and_backward(isa, threads, shape):
+    # The mask drawn in the call and kept nowhere: forward and backward are the same map.
+    for i, ms in enumerate(mask_shapes(shape)):
+        for j, (_, x) in enumerate(itertools.islice(layouts(shape, torch.float32, seed=i), 3)):
+            seed, offset = STREAMS[(i + j) % len(STREAMS)]
+            args = (ms, seed, offset, THRESHOLDS[(i + j) % len(THRESHOLDS)], SCALE)
+            y_ref, saved = reference.bcast_dropout_forward(x, *args[:4], SCALE, "seed")
+            assert_same(cpu.bcast_dropout_redraw(x, *args), y_ref)
+            g = x.flip(0) if x.dim() else x
+            assert_same(cpu.bcast_dropout_redraw(g, *args),
+                        reference.bcast_dropout_backward(g, saved, *args[:4], SCALE, "seed"))
+
+
 def test_bcast_bad_mask_shape():
     with pytest.raises(ValueError, match="mask_shape"):
         cpu.bcast_dropout_forward(torch.ones(2, 3), (2, 2), 0, 0, 0, 1.0, "bits")

@@ -28,7 +28,6 @@ CASES = {
     "shared dims": (lambda: dropkit.Dropout(0.1, shared_dims=(0, 3), seed=0), X4, 16 * 24),
     "Dropout2d": (lambda: dropkit.Dropout2d(0.1, seed=0), X4, 8 * 16),
     "channels_last Dropout2d": (lambda: dropkit.Dropout2d(0.1, channels_last=True, seed=0), X4, 8 * 24),
-    "DropPath": (lambda: dropkit.DropPath(0.1, seed=0), X4, 8),
     "LockedDropout": (lambda: dropkit.LockedDropout(0.1, seed=0), (200, 4, 128), 4 * 128),
     "AlphaDropout": (lambda: dropkit.AlphaDropout(0.1, seed=0), X4, math.prod(X4)),
     "FeatureAlphaDropout": (lambda: dropkit.FeatureAlphaDropout(0.1, seed=0), X4, 8 * 16),
@@ -53,7 +52,18 @@ def test_the_gradient_of_a_fused_broadcast_mask_is_the_mask():
     assert torch.autograd.gradgradcheck(lambda t: dropkit.Dropout2d(0.3, seed=4)(t), (small,))
 
 
-def test_small_shared_masks_keep_the_reduced_mask_as_bits():
-    # A small tensor takes the same one-pass path as a large one: 1 bit per mask entry.
-    assert saved_bytes(dropkit.DropPath(0.1, seed=0), torch.randn(4, 8, 16)) == 1
+def test_drop_path_keeps_nothing_and_shared_masks_keep_bits():
+    # DropPath draws its N words again in backward; other shared masks keep 1 bit per entry.
+    for shape in [(4, 8, 16), (8, 16, 24, 24)]:
+        assert saved_bytes(dropkit.DropPath(0.1, seed=0), torch.randn(shape)) == 0
     assert saved_bytes(dropkit.Dropout1d(0.1, seed=0), torch.randn(4, 9, 16)) == math.ceil(36 / 8)
+
+
+def test_drop_path_gradients_are_the_mask_to_every_order():
+    x = torch.randn(6, 5, 4, dtype=torch.float64, requires_grad=True)
+    layer = dropkit.DropPath(0.4, seed=3)
+    layer(x).backward(torch.ones_like(x))
+    keep = dropkit.dropout_mask((6, 1, 1), 0.4, seed=3)
+    assert torch.equal(x.grad, (keep.to(torch.float64) / 0.6).expand_as(x))
+    fresh = x.detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: dropkit.DropPath(0.4, seed=3)(t), (fresh,))

@@ -92,7 +92,8 @@ def apply_drop_path(
         return input
     shared = tuple(range(1 if mode == "row" else 0, input.dim()))
     scale = inverted_scale(p) if scale_by_keep else 1.0
-    return apply_dropout(input, keep_threshold(p), scale, shared, stream, "bits", False)
+    # One word per sample: backward draws the mask again rather than keeping it.
+    return apply_dropout(input, keep_threshold(p), scale, shared, stream, "seed", False)
 
 
 def drop_path_rates(max_rate: float, depth: int, rule: str = "linear") -> list[float]:

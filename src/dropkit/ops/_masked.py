@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -204,7 +205,51 @@ def bcast_dropout(
         >>> torch.equal(y, torch.where(keep, x * 2.0, torch.zeros(())))
         True
     """
+    if storage == "seed" and x.dim() <= 8 and not compiling() and _tracing_state() is None \
+            and not _functorch_active():
+        redraw = _redraw_for(x)
+        if redraw is not None:
+            if type(seed) is not int or type(offset) is not int:
+                seed, offset = _position(reference, seed, offset, x.device)  # host ints
+            args = (tuple(mask_shape), seed, offset, threshold, scale)
+            if x.requires_grad and torch.is_grad_enabled():
+                return _redraw_apply(x, redraw, args)
+            return redraw(x, *args)
     return _masked("bcast", x, mask_shape, seed, offset, threshold, (scale,), storage)
+
+
+def _redraw_for(x: torch.Tensor) -> Callable | None:
+    """The backend's ``bcast_dropout_redraw`` for ``x`` if it has one and reads host positions."""
+    key = (x.device.type, x.dtype, _forced_name())
+    redraw = _redraws.get(key, False)
+    if redraw is False:
+        backend = backend_for(x.device, x.dtype)
+        redraw = getattr(backend, "bcast_dropout_redraw", None) if backend.POSITION == "host" else None
+        _redraws[key] = redraw
+    return redraw
+
+
+# (device type, dtype, forced backend) -> bcast_dropout_redraw, or None where there is none.
+_redraws: dict[tuple, Callable | None] = {}
+
+
+class _Redraw(torch.autograd.Function):
+    """A shared-mask product whose backend draws the mask again for backward and keeps none:
+    ``where(keep, g * scale, 0)`` is linear and its own adjoint, so backward is the same call."""
+
+    @staticmethod
+    def forward(ctx, x, redraw, args):
+        ctx.redraw, ctx.args = redraw, args
+        return redraw(x, *args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # double backward: the same linear map again, with autograd
+            return _Redraw.apply(grad, ctx.redraw, ctx.args), None, None
+        return ctx.redraw(grad, *ctx.args), None, None
+
+
+_redraw_apply = _torch.function_apply(_Redraw)
 
 
 def alpha(

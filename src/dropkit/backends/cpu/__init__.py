@@ -539,6 +539,40 @@ def bcast_dropout_forward(
     return _forward_masked(_OP_SCALE, x, ms, seed, offset, threshold, storage, scale)
 
 
+def bcast_dropout_redraw(
+    x: torch.Tensor,
+    mask_shape: Sequence[int],
+    seed: int,
+    offset: int,
+    threshold: int,
+    scale: float,
+) -> torch.Tensor:
+    """``where(keep[broadcast], x * scale, +0.0)`` with the mask drawn in the same call and kept
+    nowhere: the forward of :func:`bcast_dropout_forward` with ``storage="seed"``, and, called on
+    the gradient with the same arguments, its backward (the map is linear and its own adjoint).
+
+    Shape:
+        x: ``(*)``; output: same (``x``'s memory format).
+
+    Example:
+        >>> x = torch.ones(4, 3, 5)
+        >>> y = bcast_dropout_redraw(x, (4, 1, 1), 0, 0, 2**31, 2.0)
+        >>> torch.equal(y, bcast_dropout_forward(x, (4, 1, 1), 0, 0, 2**31, 2.0, "seed")[0])
+        True
+    """
+    ms, _ = _checked_layout(x, mask_shape)
+    y = torch.empty_like(x)
+    if x.numel():
+        nest = _plan(x.shape, x.stride(), y.stride(), ms)
+        code = _lib.dk_bcast_draw_apply(
+            _isa_code, _OP_SCALE, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, seed, offset,
+            threshold, math.prod(ms), *nest, scale, 0.0, 0.0, 0.0, torch.get_num_threads(),
+        )
+        if code:
+            _check(code)
+    return y
+
+
 def bcast_dropout_backward(
     grad: torch.Tensor,
     saved: torch.Tensor,

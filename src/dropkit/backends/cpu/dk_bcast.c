@@ -233,14 +233,27 @@ int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uin
 
 /* dk_bcast_apply after drawing its mask: the nbits stream words from (seed, offset) compared with
  * threshold fill bits (and bools, when not NULL) as dk_run's mask-only mode fills them. One call
- * where a layer would otherwise make two; same return codes, and those of dk_run. */
+ * where a layer would otherwise make two; same return codes, and those of dk_run. With bits NULL
+ * the mask lives in a buffer of this call (a backward that draws its mask again keeps none);
+ * -6 if that buffer cannot be had. */
 int dk_bcast_draw_apply(int isa, int op, int dtype, const void *x, void *y, uint8_t *bits, uint8_t *bools,
                         uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nbits, int nd,
                         const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
                         double scale, double a, double b, double c, int nthreads) {
-    if (nbits) {
-        int err = dk_run(isa, 0, NULL, NULL, NULL, NULL, bits, bools, seed, offset, threshold, 0.0, nbits, nthreads);
-        if (err) return err;
+    enum { LOCAL_BYTES = 1024 };
+    uint8_t local[LOCAL_BYTES];
+    uint8_t *own = NULL;
+    if (!bits) {
+        size_t nbytes = (size_t)((nbits + 7) / 8);
+        bits = nbytes <= LOCAL_BYTES ? local : (own = malloc(nbytes ? nbytes : 1));
+        if (!bits) return -6;
     }
-    return dk_bcast_apply(isa, op, dtype, x, y, bits, nbits, nd, sizes, xstr, ystr, mstr, scale, a, b, c, nthreads);
+    int err = 0;
+    if (nbits)
+        err = dk_run(isa, 0, NULL, NULL, NULL, NULL, bits, bools, seed, offset, threshold, 0.0, nbits, nthreads);
+    if (!err)
+        err = dk_bcast_apply(isa, op, dtype, x, y, bits, nbits, nd, sizes, xstr, ystr, mstr, scale, a, b, c,
+                             nthreads);
+    free(own);
+    return err;
 }
