@@ -52,11 +52,16 @@ def test_the_gradient_of_a_fused_broadcast_mask_is_the_mask():
     assert torch.autograd.gradgradcheck(lambda t: dropkit.Dropout2d(0.3, seed=4)(t), (small,))
 
 
-def test_drop_path_keeps_nothing_and_shared_masks_keep_bits():
-    # DropPath draws its N words again in backward; other shared masks keep 1 bit per entry.
+def test_layers_with_per_sample_masks_keep_nothing_and_shared_dims_keep_bits():
+    # DropPath, channel and locked dropout draw their few words again in backward; Dropout with
+    # shared_dims keeps 1 bit per mask entry (its mask_storage).
     for shape in [(4, 8, 16), (8, 16, 24, 24)]:
         assert saved_bytes(dropkit.DropPath(0.1, seed=0), torch.randn(shape)) == 0
-    assert saved_bytes(dropkit.Dropout1d(0.1, seed=0), torch.randn(4, 9, 16)) == math.ceil(36 / 8)
+    assert saved_bytes(dropkit.Dropout1d(0.1, seed=0), torch.randn(4, 9, 16)) == 0
+    assert saved_bytes(dropkit.Dropout2d(0.1, seed=0, channels_last=True), torch.randn(X4)) == 0
+    assert saved_bytes(dropkit.LockedDropout(0.1, seed=0), torch.randn(20, 4, 9)) == 0
+    shared = dropkit.Dropout(0.1, shared_dims=(2,), seed=0)
+    assert saved_bytes(shared, torch.randn(4, 9, 16)) == math.ceil(4 * 9 / 8)
 
 
 def test_drop_path_gradients_are_the_mask_to_every_order():

@@ -87,7 +87,8 @@ def apply_locked_dropout(
     if not training or p == 0.0:
         return input
     shared = (locked_time_dim(input.dim(), batch_first),)
-    return apply_dropout(input, keep_threshold(p), inverted_scale(p), shared, stream, "bits", inplace)
+    # One word per (sample, unit): backward draws the mask again rather than keeping it.
+    return apply_dropout(input, keep_threshold(p), inverted_scale(p), shared, stream, "seed", inplace)
 
 
 def embedding_dropout(

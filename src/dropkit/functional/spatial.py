@@ -77,7 +77,8 @@ def apply_channel_dropout(
     if not training or p == 0.0:
         return input
     dims = spatial_shared_dims(input.dim(), spatial, channels_last)
-    return apply_dropout(input, keep_threshold(p), inverted_scale(p), dims, stream, "bits", inplace)
+    # One word per (sample, channel): backward draws the mask again rather than keeping it.
+    return apply_dropout(input, keep_threshold(p), inverted_scale(p), dims, stream, "seed", inplace)
 
 
 def dropout1d(
