@@ -52,6 +52,30 @@ def test_compile_fullgraph_matches_eager_without_recompiling():
     assert eager[1].offset.item() == 3 * (5 * 16 // 4)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_backward_draws_the_forward_words_again(backend):
+    # These layers keep nothing for backward and draw their mask (or noise) again from the
+    # position the forward used; compiled, that position must not be the advanced offset.
+    makers = {
+        "Dropout seed": (lambda: dropkit.Dropout(0.3, mask_storage="seed", seed=1), (4, 64)),
+        "DropPath": (lambda: dropkit.DropPath(0.3, seed=2), (4, 3, 8, 8)),
+        "Dropout2d": (lambda: dropkit.Dropout2d(0.3, seed=3), (4, 3, 8, 8)),
+        "LockedDropout": (lambda: dropkit.LockedDropout(0.3, seed=4), (6, 4, 8)),
+        "GaussianDropout": (lambda: dropkit.GaussianDropout(0.2, seed=5), (4, 3, 8, 8)),
+    }
+    for name, (make, shape) in makers.items():
+        eager, compiled_layer = make(), make()
+        compiled = torch.compile(compiled_layer, backend=backend, fullgraph=True)
+        for _ in range(2):
+            x = torch.randn(shape, requires_grad=True)
+            x2 = x.detach().clone().requires_grad_(True)
+            g = torch.randn(shape)
+            eager(x).backward(g)
+            compiled(x2).backward(g)
+            assert torch.equal(x2.grad, x.grad), name
+        assert eager.offset.item() == compiled_layer.offset.item() > 0, name
+
+
 def test_compiled_model_follows_a_rate_schedule():
     # A rate is a Python float, so each new rate is a new graph for torch.compile (docs/patching.md);
     # what must hold is that the compiled model uses the scheduled rate and the eager masks.

@@ -362,6 +362,22 @@ class BufferStream(Stream):
         return int(self._seed[()]), start
 
 
+@torch.library.custom_op("dropkit::position_copy", mutates_args=())
+def _position_copy(offset: torch.Tensor) -> torch.Tensor:
+    """A copy of a stream's offset, taken before the offset is advanced.
+
+    An op of its own so that torch.compile keeps the copy: a plain ``clone`` of the offset buffer
+    may be recomputed in the backward graph from the buffer itself, which by then has been
+    advanced, and a backward that draws its mask or noise again would draw other words.
+    """
+    return offset.clone()
+
+
+@_position_copy.register_fake
+def _(offset):
+    return torch.empty_like(offset)
+
+
 class TensorStream:
     """A stream whose position lives in 0-dim int64 tensors (two's-complement bits), e.g. on
     the GPU or under torch.compile.
@@ -400,7 +416,8 @@ class TensorStream:
             return self._reserve(words)
 
     def _reserve(self, words: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.offset.clone()
+        # Compiled code (no lock) takes the copy as an op of its own (see _position_copy).
+        start = self.offset.clone() if self.lock is not None else _position_copy(self.offset)
         self.offset.add_((words + 3) >> 2)
         self.words += words
         return self.seed, start
