@@ -13,8 +13,8 @@ time: the dropout cost is then within the noise of the measurement.
 
 Per model it also prints how many dropout modules ``patch()`` replaced and what its report says it
 could not replace. torch has no DropBlock: the ResNet-style CNN uses torchvision's
-``drop_block2d`` formula written out below as a module, which ``patch()`` does not map (it knows
-torch.nn's dropout classes, timm's DropPath and torchvision's StochasticDepth only), so the
+``drop_block2d`` formula written out below as a module, so that it runs where torchvision does
+not import. ``patch()`` maps ``torchvision.ops.DropBlock2d`` itself, but not this stand-in, so the
 dropkit variant replaces it explicitly with ``dropkit.DropBlock2d`` and the output says so.
 
 Run: ``python benchmarks/models.py [--models mlp,bert_tiny] [--repeats R] [--quick] [--markdown FILE]``.

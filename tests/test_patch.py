@@ -1,6 +1,7 @@
 """dropkit.patch: replacing, reporting, restoring and re-rating dropout in models dropkit did not build."""
 
 import hashlib
+import importlib
 import sys
 import types
 
@@ -278,3 +279,45 @@ def test_third_party_classes_through_stand_ins(monkeypatch):
         assert model[1].mode == "batch"
     unpatch(model)
     assert type(model[0]) is DropPath and type(model[1]) is StochasticDepth
+
+
+def test_torchvision_dropblock_through_a_stand_in(monkeypatch):
+    # torchvision.ops.DropBlock2d/3d keep p, block_size, inplace and eps.
+    tv_db = types.ModuleType("torchvision.ops.drop_block")
+
+    class DropBlock2d(nn.Module):
+        def __init__(self, p, block_size, inplace=False, eps=1e-6):
+            super().__init__()
+            self.p, self.block_size, self.inplace, self.eps = p, block_size, inplace, eps
+
+    class DropBlock3d(DropBlock2d):
+        pass
+
+    tv_db.DropBlock2d, tv_db.DropBlock3d = DropBlock2d, DropBlock3d
+    monkeypatch.setitem(sys.modules, "torchvision.ops.drop_block", tv_db)
+    model = nn.Sequential(DropBlock2d(0.1, 5), DropBlock3d(0.2, 3), DropBlock2d(0.1, 3, eps=0.5))
+    assert dropout_layers(model) == [("0", "DropBlock2d", 0.1), ("1", "DropBlock3d", 0.2),
+                                     ("2", "DropBlock2d", 0.1)]
+    report = patch(model, seed=3)
+    assert type(model[0]) is dropkit.DropBlock2d and model[0].block_size == (5, 5) and model[0].p == 0.1
+    assert type(model[1]) is dropkit.DropBlock3d and model[1].block_size == (3, 3, 3)
+    # dropkit normalises by count / kept: another eps would change the output, so it stays.
+    assert type(model[2]) is DropBlock2d
+    assert [(u.name, "eps" in u.reason) for u in report.unreplaced] == [("2", True)]
+    unpatch(model)
+    assert type(model[0]) is DropBlock2d and type(model[1]) is DropBlock3d
+
+
+def test_torchvision_dropblock_is_replaced_and_keeps_its_rate_and_placement():
+    try:
+        ops = importlib.import_module("torchvision.ops")
+    except Exception as exc:  # noqa: BLE001 - its C ops fail to register beside some torch builds
+        pytest.skip(f"torchvision does not import here: {type(exc).__name__}: {exc}")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ops.DropBlock2d(0.2, 3))
+    patch(model, seed=1)
+    assert type(model[1]) is dropkit.DropBlock2d and model[1].block_size == (3, 3) and model[1].p == 0.2
+    # Same expected rate as torchvision's formula: about p of each map dropped.
+    x = torch.ones(64, 8, 24, 24)
+    dropped = (dropkit.DropBlock2d(0.2, 3, seed=2)(x) == 0).float().mean().item()
+    reference = (ops.drop_block2d(x, 0.2, 3) == 0).float().mean().item()
+    assert abs(dropped - reference) < 0.02

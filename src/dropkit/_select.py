@@ -2,9 +2,9 @@
 
 Shared by :mod:`dropkit.patch` and :mod:`dropkit.schedules`. A module belongs to the family if
 it is one of torch.nn's dropout classes, one of dropkit's stochastic layers with a float rate,
-timm's ``DropPath`` or torchvision's ``StochasticDepth``. The two third-party classes are looked
-up in ``sys.modules`` only: a model that contains one has already imported its library, and a
-model that does not never pays for importing it.
+timm's ``DropPath`` or torchvision's ``StochasticDepth``, ``DropBlock2d`` and ``DropBlock3d``.
+The third-party classes are looked up in ``sys.modules`` only: a model that contains one has
+already imported its library, and a model that does not never pays for importing it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ THIRD_PARTY: tuple[tuple[str, str, str], ...] = (
     ("timm.layers.drop", "DropPath", "drop_prob"),
     ("timm.models.layers.drop", "DropPath", "drop_prob"),
     ("torchvision.ops.stochastic_depth", "StochasticDepth", "p"),
+    ("torchvision.ops.drop_block", "DropBlock2d", "p"),
+    ("torchvision.ops.drop_block", "DropBlock3d", "p"),
 )
 
 ModuleFilter = str | type | Callable[[str, nn.Module], bool] | Sequence[str | type]

@@ -1,10 +1,11 @@
 """Model surgery: find, replace and re-rate the dropout modules of a model dropkit did not build.
 
 :func:`patch` swaps torch.nn's dropout modules (and timm's ``DropPath`` / torchvision's
-``StochasticDepth`` when those libraries are in use) for their dropkit equivalents, so that a
-pretrained torchvision, timm or Hugging Face model gets dropkit's reproducible stream, fast
-kernels and MC-dropout support without editing its code. :func:`unpatch` puts the original
-module objects back. :func:`dropout_layers` and :func:`set_dropout` inspect and re-rate.
+``StochasticDepth`` and ``DropBlock2d/3d`` when those libraries are in use) for their dropkit
+equivalents, so that a pretrained torchvision, timm or Hugging Face model gets dropkit's
+reproducible stream, fast kernels and MC-dropout support without editing its code.
+:func:`unpatch` puts the original module objects back. :func:`dropout_layers` and
+:func:`set_dropout` inspect and re-rate.
 
 Some dropout cannot be reached by replacing a module, and :func:`patch` reports it instead of
 pretending: a ``forward`` that calls ``F.dropout`` (or ``scaled_dot_product_attention`` with a
@@ -69,10 +70,15 @@ _TORCH_TO_DROPKIT = {cls.__name__: cls.__name__ for cls in TORCH_DROPOUTS}
 _THIRD_PARTY_TO_DROPKIT = {
     "DropPath": ("DropPath", {"scale_by_keep": "scale_by_keep"}),
     "StochasticDepth": ("StochasticDepth", {"mode": "mode"}),
+    # torchvision's DropBlock: the same seed rate and block placement (a seed drops the block to
+    # its lower right) where the block fits the map; its normalisation count / (eps + kept) with
+    # the default eps is dropkit's count / kept to within 1e-6 / kept.
+    "DropBlock2d": ("DropBlock2d", {"block_size": "block_size", "inplace": "inplace", "eps": "eps"}),
+    "DropBlock3d": ("DropBlock3d", {"block_size": "block_size", "inplace": "inplace", "eps": "eps"}),
 }
 # What a dropkit class does when it has no such keyword: a source module with this value can
 # still be replaced faithfully, any other value cannot.
-_IMPLIED = {"inplace": False, "scale_by_keep": True}
+_IMPLIED = {"inplace": False, "scale_by_keep": True, "eps": 1e-6}
 
 _FUNCTIONAL_CALL = re.compile(
     r"\b(?:F|functional|nn\.functional|torch)\.(dropout|dropout1d|dropout2d|dropout3d|alpha_dropout|"
@@ -268,13 +274,14 @@ def patch(
     """Replace the dropout modules of ``model`` in place with their dropkit equivalents.
 
     ``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout`` (and timm's
-    ``DropPath`` / torchvision's ``StochasticDepth`` when those libraries are imported) become
-    the dropkit class of the same name with the same ``p``, ``inplace`` (or ``scale_by_keep`` /
-    ``mode``) and train/eval state, on the device of the model. Subclasses are left alone (their
-    ``forward`` may differ). A module shared under several names is replaced by one shared
-    module. Without ``seed`` the replacements draw fresh seeds from torch's generator, as torch's
-    layers do, and add nothing to the ``state_dict``; with ``seed`` each one owns the stream
-    ``derive_seed(seed, qualified_name)`` and adds ``seed`` / ``offset`` buffers.
+    ``DropPath`` / torchvision's ``StochasticDepth`` and ``DropBlock2d/3d`` when those libraries
+    are imported) become the dropkit class of the same name with the same ``p``, ``inplace`` (or
+    ``scale_by_keep`` / ``mode`` / ``block_size``) and train/eval state, on the device of the
+    model. Subclasses are left alone (their ``forward`` may differ). A module shared under
+    several names is replaced by one shared module. Without ``seed`` the replacements draw fresh
+    seeds from torch's generator, as torch's layers do, and add nothing to the ``state_dict``;
+    with ``seed`` each one owns the stream ``derive_seed(seed, qualified_name)`` and adds
+    ``seed`` / ``offset`` buffers.
 
     Args:
         model: the model to modify.
@@ -449,7 +456,8 @@ def dropout_layers(model: nn.Module, *, include: ModuleFilter | None = None) -> 
     """Every dropout-family module of ``model`` as ``(name, type, p)``, in registration order.
 
     The family is torch.nn's dropout classes, dropkit's stochastic layers with a rate ``p``,
-    timm's ``DropPath`` and torchvision's ``StochasticDepth``.
+    timm's ``DropPath`` and torchvision's ``StochasticDepth``, ``DropBlock2d`` and
+    ``DropBlock3d``.
 
     Shape:
         Not applicable.
