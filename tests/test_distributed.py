@@ -83,6 +83,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What torchrun prints when the rendezvous port was taken or refused between free_port() and bind.
+_PORT_TROUBLE = ("address already in use", "eaddrinuse", "errno: 98", "connection refused", "failed to bind")
+
+
 def torchrun(script: str, out: Path, *args: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for _ in range(3):
@@ -93,7 +97,8 @@ def torchrun(script: str, out: Path, *args: str) -> dict:
             str(ROOT / "examples" / script), "--out", str(out), *args,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-        if done.returncode == 0 or "address already in use" not in (done.stdout + done.stderr).lower():
+        text = (done.stdout + done.stderr).lower()
+        if done.returncode == 0 or not any(sign in text for sign in _PORT_TROUBLE):
             break
     assert done.returncode == 0, done.stdout + done.stderr
     return torch.load(out)

@@ -18,6 +18,7 @@ from dropkit.ops._dispatch import (
     _tracing_state,
     backend_for,
     compiling,
+    host_backend,
     refuse_tracing,
 )
 
@@ -220,17 +221,8 @@ def bcast_dropout(
 
 def _redraw_for(x: torch.Tensor) -> Callable | None:
     """The backend's ``bcast_dropout_redraw`` for ``x`` if it has one and reads host positions."""
-    key = (x.device.type, x.dtype, _forced_name())
-    redraw = _redraws.get(key, False)
-    if redraw is False:
-        backend = backend_for(x.device, x.dtype)
-        redraw = getattr(backend, "bcast_dropout_redraw", None) if backend.POSITION == "host" else None
-        _redraws[key] = redraw
-    return redraw
-
-
-# (device type, dtype, forced backend) -> bcast_dropout_redraw, or None where there is none.
-_redraws: dict[tuple, Callable | None] = {}
+    backend = host_backend(x.device.type, x.dtype)
+    return None if backend is None else getattr(backend, "bcast_dropout_redraw", None)
 
 
 class _Redraw(torch.autograd.Function):

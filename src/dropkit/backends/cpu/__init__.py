@@ -426,8 +426,12 @@ def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
         >>> supports_layout(torch.ones(2, 3, 4), (2, 1, 1))
         True
     """
-    return _lib is not None and x.dtype in _DTYPES and (
-        x.dim() <= _MAX_DIMS or sum(1 for s in x.shape if s != 1) <= _MAX_DIMS
+    return _layout_supported(x.shape, x.dtype)
+
+
+def _layout_supported(shape: Sequence[int], dtype: torch.dtype) -> bool:
+    return _lib is not None and dtype in _DTYPES and (
+        len(shape) <= _MAX_DIMS or sum(1 for s in shape if s != 1) <= _MAX_DIMS
     )
 
 
@@ -443,7 +447,7 @@ def _checked_layout(x: torch.Tensor, mask_shape: Sequence[int]) -> tuple[tuple[i
 @functools.lru_cache(maxsize=1024)
 def _layout(shape: torch.Size, dtype: torch.dtype, mask_shape: tuple, contiguous: bool) -> tuple:
     ms = check_mask_shape(shape, mask_shape)
-    if not (_lib is not None and dtype in _DTYPES and sum(1 for s in shape if s != 1) <= _MAX_DIMS):
+    if not _layout_supported(shape, dtype):
         raise ValueError(_layout_refused(shape, dtype))
     return ms, contiguous and ms == tuple(shape)
 
@@ -481,6 +485,26 @@ def _bits_of_saved(
     raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
 
 
+def _draw_apply(
+    op: int, x: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int,
+    bits: torch.Tensor | None, bools: torch.Tensor | None, scale: float, a: float = 0.0, b: float = 0.0,
+    c: float = 0.0,
+) -> torch.Tensor:
+    """The output of op with the mask drawn and applied in one C call (the mask written to bits
+    and bools where given, else kept nowhere); an empty x draws nothing."""
+    y = torch.empty_like(x)
+    if x.numel():
+        nest = _plan(x.shape, x.stride(), y.stride(), mask_shape)
+        code = _lib.dk_bcast_draw_apply(
+            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(),
+            None if bits is None else bits.data_ptr(), None if bools is None else bools.data_ptr(),
+            seed, offset, threshold, math.prod(mask_shape), *nest, scale, a, b, c, torch.get_num_threads(),
+        )
+        if code:
+            _check(code)
+    return y
+
+
 def _forward_masked(
     op: int, x: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int,
     storage: str, scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
@@ -490,17 +514,8 @@ def _forward_masked(
     n = math.prod(mask_shape)
     bools = torch.empty(n, dtype=torch.bool) if storage == "bool" else None
     bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
-    y = torch.empty_like(x)
-    if x.numel():  # the mask drawn and applied in one call
-        nest = _plan(x.shape, x.stride(), y.stride(), mask_shape)
-        code = _lib.dk_bcast_draw_apply(
-            _isa_code, op, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
-            None if bools is None else bools.data_ptr(), seed, offset, threshold, n, *nest, scale, a, b, c,
-            torch.get_num_threads(),
-        )
-        if code:
-            _check(code)
-    elif n:  # an empty tensor still draws (and saves) its mask
+    y = _draw_apply(op, x, mask_shape, seed, offset, threshold, bits, bools, scale, a, b, c)
+    if not x.numel() and n:  # an empty tensor still draws (and saves) its mask
         bits = _mask_bits(n, seed, offset, threshold, bools)
     saved = bits if storage == "bits" else (bools if storage == "bool" else torch.empty(0, dtype=torch.uint8))
     return y, saved
@@ -561,16 +576,7 @@ def bcast_dropout_redraw(
         True
     """
     ms, _ = _checked_layout(x, mask_shape)
-    y = torch.empty_like(x)
-    if x.numel():
-        nest = _plan(x.shape, x.stride(), y.stride(), ms)
-        code = _lib.dk_bcast_draw_apply(
-            _isa_code, _OP_SCALE, _DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, seed, offset,
-            threshold, math.prod(ms), *nest, scale, 0.0, 0.0, 0.0, torch.get_num_threads(),
-        )
-        if code:
-            _check(code)
-    return y
+    return _draw_apply(_OP_SCALE, x, ms, seed, offset, threshold, None, None, scale)
 
 
 def bcast_dropout_backward(

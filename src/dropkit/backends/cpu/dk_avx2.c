@@ -24,33 +24,43 @@ static inline unsigned gt_unsigned(__m256i a, __m256i b_flipped, __m256i sign) {
     return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
 }
 
-static void gen_avx2(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
+/* Philox blocks base .. base + 7 (counters wrap mod 2^64): word m of block j in lane j of c[m]. */
+static inline void philox8(const dk_stream *s, uint64_t base, __m256i c[4]) {
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i m0 = _mm256_set1_epi32((int)DK_M0), m1 = _mm256_set1_epi32((int)DK_M1);
+    const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+    __m256i lo = _mm256_set1_epi32((int)(uint32_t)base);
+    __m256i c0 = _mm256_add_epi32(lo, iota);
+    /* carry = (c0 < lo) unsigned, as all-ones lanes; subtracting -1 adds the carry */
+    __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sign), _mm256_xor_si256(c0, sign));
+    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(base >> 32)), carry);
+    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+    for (int r = 0; r < DK_ROUNDS; r++) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0, m0, &hi0, &lo0);
+        mulhilo8(c2, m1, &hi1, &lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)s->k0[r]));
+        c1 = lo1;
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)s->k1[r]));
+        c3 = lo0;
+    }
+    c[0] = c0;
+    c[1] = c1;
+    c[2] = c2;
+    c[3] = c3;
+}
+
+static void gen_avx2(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
     const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
     const __m256i tm1 = _mm256_xor_si256(_mm256_set1_epi32((int)s->tm1), sign);
     for (size_t q = 0; q < nchunks; q++) {
         uint64_t mask = 0;
         for (unsigned h = 0; h < 2; h++) {
-            uint64_t base = s->offset + (chunk + q) * 16u + 8u * h;
-            __m256i lo = _mm256_set1_epi32((int)(uint32_t)base);
-            __m256i c0 = _mm256_add_epi32(lo, iota);
-            /* carry = (c0 < lo) unsigned, as all-ones lanes; subtracting -1 adds the carry */
-            __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sign), _mm256_xor_si256(c0, sign));
-            __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(base >> 32)), carry);
-            __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-            for (int r = 0; r < DK_ROUNDS; r++) {
-                __m256i hi0, lo0, hi1, lo1;
-                mulhilo8(c0, m0, &hi0, &lo0);
-                mulhilo8(c2, m1, &hi1, &lo1);
-                c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)s->k0[r]));
-                c1 = lo1;
-                c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)s->k1[r]));
-                c3 = lo0;
-            }
-            uint64_t half = dk_spread4(gt_unsigned(c0, tm1, sign)) | dk_spread4(gt_unsigned(c1, tm1, sign)) << 1 |
-                            dk_spread4(gt_unsigned(c2, tm1, sign)) << 2 |
-                            dk_spread4(gt_unsigned(c3, tm1, sign)) << 3;
+            __m256i c[4];
+            philox8(s, s->offset + (chunk + q) * 16u + 8u * h, c);
+            uint64_t half = dk_spread4(gt_unsigned(c[0], tm1, sign)) | dk_spread4(gt_unsigned(c[1], tm1, sign)) << 1 |
+                            dk_spread4(gt_unsigned(c[2], tm1, sign)) << 2 |
+                            dk_spread4(gt_unsigned(c[3], tm1, sign)) << 3;
             mask |= half << (32 * h);
         }
         masks[q] = mask;
@@ -144,10 +154,6 @@ static inline __m256d horner(__m256d x, const double *c, int n) {
     return acc;
 }
 
-static const double L_COEF[7] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6};
-static const double S_COEF[7] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6};
-static const double C_COEF[7] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6};
-
 /* The pairs (w1, w2) given as k1 = w1 >> 8, k2 = w2 >> 8 (4 lanes each): z0 and z1. */
 static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
     const __m128i one = _mm_set1_epi32(1);
@@ -165,7 +171,7 @@ static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
     const __m256d onev = _mm256_set1_pd(1.0);
     __m256d s = _mm256_div_pd(_mm256_sub_pd(f, onev), _mm256_add_pd(f, onev));
     __m256d z = _mm256_mul_pd(s, s);
-    __m256d R = horner(z, L_COEF, 7);
+    __m256d R = horner(z, DK_L_COEF, 7);
     __m256d lf = _mm256_add_pd(_mm256_add_pd(s, s), _mm256_mul_pd(_mm256_mul_pd(s, z), R));
     __m256d lo = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_LO)), lf);
     __m256d lnu = _mm256_add_pd(_mm256_mul_pd(E, _mm256_set1_pd(DK_LN2_HI)), lo);
@@ -175,8 +181,8 @@ static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
     __m128i it = _mm_sub_epi32(_mm_add_epi32(_mm_add_epi32(k2, k2), one), _mm_slli_epi32(q, 23));
     __m256d t = _mm256_mul_pd(_mm256_cvtepi32_pd(it), _mm256_set1_pd(0x1p-23));
     __m256d t2 = _mm256_mul_pd(t, t);
-    __m256d sn = _mm256_mul_pd(t, horner(t2, S_COEF, 7));
-    __m256d C = horner(t2, C_COEF, 7);
+    __m256d sn = _mm256_mul_pd(t, horner(t2, DK_S_COEF, 7));
+    __m256d C = horner(t2, DK_C_COEF, 7);
     /* lane masks of q & 1 and q & 2, widened to 64 bits */
     __m256d odd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, one), one)));
     __m256i neg = _mm256_cvtepi32_epi64(_mm_cmpeq_epi32(_mm_and_si128(q, _mm_set1_epi32(2)), _mm_set1_epi32(2)));
@@ -189,27 +195,11 @@ static inline void normal4(__m128i k1, __m128i k2, __m256d *z0, __m256d *z1) {
 }
 
 void dk_normal_avx2(const dk_stream *s, uint64_t chunk, size_t nchunks, void *z, int f64) {
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i m0 = _mm256_set1_epi32((int)DK_M0), m1 = _mm256_set1_epi32((int)DK_M1);
-    const __m256i sgn = _mm256_set1_epi32((int)0x80000000u);
     for (size_t b8 = 0; b8 < nchunks * 2; b8++) { /* 8 blocks, 32 elements per pass */
-        uint64_t base = s->offset + chunk * 16u + 8u * b8;
-        __m256i lo = _mm256_set1_epi32((int)(uint32_t)base);
-        __m256i c0 = _mm256_add_epi32(lo, iota);
-        __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sgn), _mm256_xor_si256(c0, sgn));
-        __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(base >> 32)), carry);
-        __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-        for (int r = 0; r < DK_ROUNDS; r++) {
-            __m256i hi0, lo0, hi1, lo1;
-            mulhilo8(c0, m0, &hi0, &lo0);
-            mulhilo8(c2, m1, &hi1, &lo1);
-            c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)s->k0[r]));
-            c1 = lo1;
-            c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)s->k1[r]));
-            c3 = lo0;
-        }
-        __m256i w[4] = {_mm256_srli_epi32(c0, 8), _mm256_srli_epi32(c1, 8), _mm256_srli_epi32(c2, 8),
-                        _mm256_srli_epi32(c3, 8)};
+        __m256i c[4];
+        philox8(s, s->offset + chunk * 16u + 8u * b8, c);
+        __m256i w[4] = {_mm256_srli_epi32(c[0], 8), _mm256_srli_epi32(c[1], 8), _mm256_srli_epi32(c[2], 8),
+                        _mm256_srli_epi32(c[3], 8)};
         for (int h = 0; h < 2; h++) { /* blocks 4h .. 4h + 3 of this pass */
             __m128i k[4];
             for (int m = 0; m < 4; m++) k[m] = h ? _mm256_extracti128_si256(w[m], 1) : _mm256_castsi256_si128(w[m]);

@@ -45,51 +45,54 @@ static inline uint64_t chunk_mask(__m512i c0, __m512i c1, __m512i c2, __m512i c3
            dk_spread4(_mm512_cmpgt_epu32_mask(c2, tm1)) << 2 | dk_spread4(_mm512_cmpgt_epu32_mask(c3, tm1)) << 3;
 }
 
-static void gen_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
+/* The Philox words of g <= DK_ILP consecutive chunks from block `base`, their rounds
+ * interleaved: c[k][m] holds word m of the 16 blocks of chunk k, lane j for block j. */
+static inline void philox_chunks(const dk_stream *s, uint64_t base, int g, __m512i c[DK_ILP][4]) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i m0 = _mm512_set1_epi32((int)DK_M0), m1 = _mm512_set1_epi32((int)DK_M1);
-    const __m512i tm1 = _mm512_set1_epi32((int)s->tm1);
-    size_t q = 0;
-    for (; q + DK_ILP <= nchunks; q += DK_ILP) {
-        __m512i c0[DK_ILP], c1[DK_ILP], c2[DK_ILP], c3[DK_ILP];
+    __m512i c0[DK_ILP], c1[DK_ILP], c2[DK_ILP], c3[DK_ILP];
+#pragma GCC unroll 4
+    for (int k = 0; k < DK_ILP; k++) {
+        c0[k] = counters_lo(base + 16u * (uint64_t)k, iota);
+        c1[k] = counters_hi(base + 16u * (uint64_t)k, c0[k]);
+        c2[k] = c3[k] = _mm512_setzero_si512();
+    }
+#pragma GCC unroll 10
+    for (int r = 0; r < DK_ROUNDS; r++) {
+        const __m512i k0 = _mm512_set1_epi32((int)s->k0[r]), k1 = _mm512_set1_epi32((int)s->k1[r]);
 #pragma GCC unroll 4
         for (int k = 0; k < DK_ILP; k++) {
-            uint64_t base = s->offset + (chunk + q + (uint64_t)k) * 16u;
-            c0[k] = counters_lo(base, iota);
-            c1[k] = counters_hi(base, c0[k]);
-            c2[k] = c3[k] = _mm512_setzero_si512();
-        }
-#pragma GCC unroll 10
-        for (int r = 0; r < DK_ROUNDS; r++) {
-            const __m512i k0 = _mm512_set1_epi32((int)s->k0[r]), k1 = _mm512_set1_epi32((int)s->k1[r]);
-#pragma GCC unroll 4
-            for (int k = 0; k < DK_ILP; k++) {
-                __m512i hi0, lo0, hi1, lo1;
-                mulhilo16(c0[k], m0, &hi0, &lo0);
-                mulhilo16(c2[k], m1, &hi1, &lo1);
-                c0[k] = _mm512_ternarylogic_epi32(hi1, c1[k], k0, 0x96);
-                c1[k] = lo1;
-                c2[k] = _mm512_ternarylogic_epi32(hi0, c3[k], k1, 0x96);
-                c3[k] = lo0;
-            }
-        }
-#pragma GCC unroll 4
-        for (int k = 0; k < DK_ILP; k++) masks[q + k] = chunk_mask(c0[k], c1[k], c2[k], c3[k], tm1);
-    }
-    for (; q < nchunks; q++) {
-        uint64_t base = s->offset + (chunk + q) * 16u;
-        __m512i c0 = counters_lo(base, iota), c1 = counters_hi(base, c0);
-        __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-        for (int r = 0; r < DK_ROUNDS; r++) {
+            if (k >= g) break;
             __m512i hi0, lo0, hi1, lo1;
-            mulhilo16(c0, m0, &hi0, &lo0);
-            mulhilo16(c2, m1, &hi1, &lo1);
-            c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32((int)s->k0[r]), 0x96);
-            c1 = lo1;
-            c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32((int)s->k1[r]), 0x96);
-            c3 = lo0;
+            mulhilo16(c0[k], m0, &hi0, &lo0);
+            mulhilo16(c2[k], m1, &hi1, &lo1);
+            c0[k] = _mm512_ternarylogic_epi32(hi1, c1[k], k0, 0x96);
+            c1[k] = lo1;
+            c2[k] = _mm512_ternarylogic_epi32(hi0, c3[k], k1, 0x96);
+            c3[k] = lo0;
         }
-        masks[q] = chunk_mask(c0, c1, c2, c3, tm1);
+    }
+    for (int k = 0; k < g; k++) {
+        c[k][0] = c0[k];
+        c[k][1] = c1[k];
+        c[k][2] = c2[k];
+        c[k][3] = c3[k];
+    }
+}
+
+static void gen_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
+    const __m512i tm1 = _mm512_set1_epi32((int)s->tm1);
+    __m512i c[DK_ILP][4];
+    size_t q = 0;
+    for (; q + DK_ILP <= nchunks; q += DK_ILP) {
+        philox_chunks(s, s->offset + (chunk + q) * 16u, DK_ILP, c);
+#pragma GCC unroll 4
+        for (int k = 0; k < DK_ILP; k++) masks[q + k] = chunk_mask(c[k][0], c[k][1], c[k][2], c[k][3], tm1);
+    }
+    if (q < nchunks) {
+        int g = (int)(nchunks - q);
+        philox_chunks(s, s->offset + (chunk + q) * 16u, g, c);
+        for (int k = 0; k < g; k++) masks[q + k] = chunk_mask(c[k][0], c[k][1], c[k][2], c[k][3], tm1);
     }
 }
 
@@ -168,10 +171,6 @@ static inline __m512d horner(__m512d x, const double *c, int n) {
     return acc;
 }
 
-static const double L_COEF[7] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6};
-static const double S_COEF[7] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6};
-static const double C_COEF[7] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6};
-
 /* The pairs (w1, w2) given as k1 = w1 >> 8, k2 = w2 >> 8 (8 lanes each): z0 and z1. */
 static inline void normal8(__m256i k1, __m256i k2, __m512d *z0, __m512d *z1) {
     const __m256i one = _mm256_set1_epi32(1);
@@ -185,7 +184,7 @@ static inline void normal8(__m256i k1, __m256i k2, __m512d *z0, __m512d *z1) {
     const __m512d onev = _mm512_set1_pd(1.0);
     __m512d s = _mm512_div_pd(_mm512_sub_pd(f, onev), _mm512_add_pd(f, onev));
     __m512d z = _mm512_mul_pd(s, s);
-    __m512d R = horner(z, L_COEF, 7);
+    __m512d R = horner(z, DK_L_COEF, 7);
     __m512d lf = _mm512_add_pd(_mm512_add_pd(s, s), _mm512_mul_pd(_mm512_mul_pd(s, z), R));
     __m512d lo = _mm512_add_pd(_mm512_mul_pd(E, _mm512_set1_pd(DK_LN2_LO)), lf);
     __m512d lnu = _mm512_add_pd(_mm512_mul_pd(E, _mm512_set1_pd(DK_LN2_HI)), lo);
@@ -195,8 +194,8 @@ static inline void normal8(__m256i k1, __m256i k2, __m512d *z0, __m512d *z1) {
     __m256i it = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(k2, k2), one), _mm256_slli_epi32(q, 23));
     __m512d t = _mm512_mul_pd(_mm512_cvtepi32_pd(it), _mm512_set1_pd(0x1p-23));
     __m512d t2 = _mm512_mul_pd(t, t);
-    __m512d sn = _mm512_mul_pd(t, horner(t2, S_COEF, 7));
-    __m512d C = horner(t2, C_COEF, 7);
+    __m512d sn = _mm512_mul_pd(t, horner(t2, DK_S_COEF, 7));
+    __m512d C = horner(t2, DK_C_COEF, 7);
     __mmask8 odd = _mm256_test_epi32_mask(q, one), neg = _mm256_test_epi32_mask(q, _mm256_set1_epi32(2));
     const __m512i sign = _mm512_set1_epi64((long long)0x8000000000000000ull);
     __m512d nsn = _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(sn), sign));
@@ -207,45 +206,15 @@ static inline void normal8(__m256i k1, __m256i k2, __m512d *z0, __m512d *z1) {
     *z1 = _mm512_mul_pd(r, ss);
 }
 
-/* The Philox words of DK_ILP chunks at once (their rounds interleaved, as in gen_avx512), each
- * shifted right by 8: w[k][m] holds word m of the 16 blocks of chunk k, lane j for block j. */
-static inline void chunk_words(const dk_stream *s, uint64_t base, int g, __m512i w[DK_ILP][4]) {
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i m0 = _mm512_set1_epi32((int)DK_M0), m1 = _mm512_set1_epi32((int)DK_M1);
-    __m512i c0[DK_ILP], c1[DK_ILP], c2[DK_ILP], c3[DK_ILP];
-    for (int k = 0; k < DK_ILP; k++) {
-        c0[k] = counters_lo(base + 16u * (uint64_t)k, iota);
-        c1[k] = counters_hi(base + 16u * (uint64_t)k, c0[k]);
-        c2[k] = c3[k] = _mm512_setzero_si512();
-    }
-    for (int r = 0; r < DK_ROUNDS; r++) {
-        const __m512i k0 = _mm512_set1_epi32((int)s->k0[r]), k1 = _mm512_set1_epi32((int)s->k1[r]);
-#pragma GCC unroll 4
-        for (int k = 0; k < DK_ILP; k++) {
-            if (k >= g) break;
-            __m512i hi0, lo0, hi1, lo1;
-            mulhilo16(c0[k], m0, &hi0, &lo0);
-            mulhilo16(c2[k], m1, &hi1, &lo1);
-            c0[k] = _mm512_ternarylogic_epi32(hi1, c1[k], k0, 0x96);
-            c1[k] = lo1;
-            c2[k] = _mm512_ternarylogic_epi32(hi0, c3[k], k1, 0x96);
-            c3[k] = lo0;
-        }
-    }
-    for (int k = 0; k < g; k++) {
-        w[k][0] = _mm512_srli_epi32(c0[k], 8);
-        w[k][1] = _mm512_srli_epi32(c1[k], 8);
-        w[k][2] = _mm512_srli_epi32(c2[k], 8);
-        w[k][3] = _mm512_srli_epi32(c3[k], 8);
-    }
-}
-
-/* One chunk from its shifted words: block j's pairs (w0, w1) -> elements 4j, 4j + 1 and
+/* One chunk from its words (k = w >> 8): block j's pairs (w0, w1) -> elements 4j, 4j + 1 and
  * (w2, w3) -> elements 4j + 2, 4j + 3; v[h][m] is output m of blocks 8h .. 8h + 7. */
 static inline void chunk_normals(const __m512i w[4], __m512d v[2][4]) {
     for (int h = 0; h < 2; h++) {
         __m256i k[4];
-        for (int m = 0; m < 4; m++) k[m] = h ? _mm512_extracti64x4_epi64(w[m], 1) : _mm512_castsi512_si256(w[m]);
+        for (int m = 0; m < 4; m++) {
+            __m512i km = _mm512_srli_epi32(w[m], 8);
+            k[m] = h ? _mm512_extracti64x4_epi64(km, 1) : _mm512_castsi512_si256(km);
+        }
         normal8(k[0], k[1], &v[h][0], &v[h][1]);
         normal8(k[2], k[3], &v[h][2], &v[h][3]);
     }
@@ -260,7 +229,7 @@ void dk_normal_avx512(const dk_stream *s, uint64_t chunk, size_t nchunks, void *
     for (size_t q0 = 0; q0 < nchunks; q0 += DK_ILP) {
         int g = nchunks - q0 < DK_ILP ? (int)(nchunks - q0) : DK_ILP;
         __m512i w[DK_ILP][4];
-        chunk_words(s, s->offset + (chunk + q0) * 16u, g, w);
+        philox_chunks(s, s->offset + (chunk + q0) * 16u, g, w);
         for (int k = 0; k < g; k++) {
             __m512d v[2][4];
             chunk_normals(w[k], v);

@@ -35,6 +35,35 @@ typedef struct {
     int keep_all;     /* threshold == 0: every element kept, no word needed */
 } dk_stream;
 
+/* The stream of key `seed` from block `offset`; threshold (at most 2^32) sets tm1 and keep_all. */
+static inline void dk_stream_init(dk_stream *s, uint64_t seed, uint64_t offset, uint64_t threshold) {
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
+        s->k0[r] = k0;
+        s->k1[r] = k1;
+    }
+    s->offset = offset;
+    s->keep_all = threshold == 0;
+    s->tm1 = (uint32_t)(threshold - 1);
+}
+
+/* The four words of Philox4x32-10 block `counter` (the portable form every SIMD path matches). */
+static inline void dk_philox_block(const dk_stream *s, uint64_t counter, uint32_t w[4]) {
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
+    for (int r = 0; r < DK_ROUNDS; r++) {
+        uint64_t p0 = (uint64_t)DK_M0 * c0, p1 = (uint64_t)DK_M1 * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ s->k0[r], n2 = (uint32_t)(p0 >> 32) ^ c3 ^ s->k1[r];
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+    }
+    w[0] = c0;
+    w[1] = c1;
+    w[2] = c2;
+    w[3] = c3;
+}
+
 /* Keep-masks of nchunks consecutive chunks, the first being chunk number `chunk` of the call. */
 typedef void (*dk_gen_fn)(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks);
 /* y[i] = bit i of masks ? x[i] * scale : +0.0 for i < n, product in float32 (float64 for

@@ -166,14 +166,7 @@ static int make_job(dk_job *job, int isa, int dtype, const void *x, void *y, con
     if ((x || y) && (dtype < DK_F32 || dtype > DK_F16 || !x || !y)) return -2;
     if (threshold > (UINT64_C(1) << 32)) return -3;
     if (index0 % DK_CHUNK) return -4;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
-        job->stream.k0[r] = k0;
-        job->stream.k1[r] = k1;
-    }
-    job->stream.offset = offset;
-    job->stream.keep_all = threshold == 0;
-    job->stream.tm1 = (uint32_t)(threshold - 1);
+    dk_stream_init(&job->stream, seed, offset, threshold);
     job->dtype = x ? dtype : 0;
     job->esz = esz[job->dtype];
     job->scale = scale;

@@ -299,14 +299,7 @@ int dk_dropblock_mask(int isa, uint64_t seed, uint64_t offset, uint64_t threshol
     J->nw = (size_t)((J->feat[2] + 63) / 64);
     J->vmask = J->valid[2] >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << J->valid[2]) - 1;
 
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
-        J->stream.k0[r] = k0;
-        J->stream.k1[r] = k1;
-    }
-    J->stream.offset = offset;
-    J->stream.keep_all = threshold == 0;
-    J->stream.tm1 = (uint32_t)(threshold - 1);
+    dk_stream_init(&J->stream, seed, offset, threshold);
     J->unit = 8;
     while (J->unit > 1 && (J->unit / 2 * J->fplane) % 8 == 0) J->unit /= 2;
     J->nt = thread_count(nplanes * J->fplane, nthreads);

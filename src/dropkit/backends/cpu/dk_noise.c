@@ -18,26 +18,10 @@
 
 /* ---- the portable path ---- */
 
-static inline void philox_words4(const dk_stream *s, uint64_t c, uint32_t w[4]) {
-    uint32_t c0 = (uint32_t)c, c1 = (uint32_t)(c >> 32), c2 = 0, c3 = 0;
-    for (int r = 0; r < DK_ROUNDS; r++) {
-        uint64_t p0 = (uint64_t)DK_M0 * c0, p1 = (uint64_t)DK_M1 * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ s->k0[r], n2 = (uint32_t)(p0 >> 32) ^ c3 ^ s->k1[r];
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-    }
-    w[0] = c0;
-    w[1] = c1;
-    w[2] = c2;
-    w[3] = c3;
-}
-
 void dk_normal_scalar(const dk_stream *s, uint64_t chunk, size_t nchunks, void *z, int f64) {
     for (size_t b = 0; b < nchunks * 16; b++) {
         uint32_t w[4];
-        philox_words4(s, s->offset + chunk * 16u + b, w); /* wraps mod 2^64 */
+        dk_philox_block(s, s->offset + chunk * 16u + b, w); /* wraps mod 2^64 */
         double v[4];
         dk_normal_pair(w[0], w[1], &v[0], &v[1]);
         dk_normal_pair(w[2], w[3], &v[2], &v[3]);
@@ -162,14 +146,7 @@ static void noise_part(void *ctx, int k) {
 static int run_noise(dk_noise_job *J, int isa, uint64_t seed, uint64_t offset, int nthreads) {
     J->gen = normal_fn(isa);
     if (!J->gen) return -1;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < DK_ROUNDS; r++, k0 += DK_W0, k1 += DK_W1) {
-        J->stream.k0[r] = k0;
-        J->stream.k1[r] = k1;
-    }
-    J->stream.offset = offset;
-    J->stream.tm1 = 0;
-    J->stream.keep_all = 0;
+    dk_stream_init(&J->stream, seed, offset, 1); /* normals read words only: no threshold */
     uint64_t useful = J->n / DK_NOISE_MIN_PER_THREAD;
     int nt = nthreads < 1 ? 1 : (nthreads > DK_NOISE_MAX_THREADS ? DK_NOISE_MAX_THREADS : nthreads);
     if ((uint64_t)nt > useful) nt = useful ? (int)useful : 1;

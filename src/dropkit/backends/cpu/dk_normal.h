@@ -51,6 +51,10 @@
 #define DK_LN2_HI 0x1.62e42fee00000p-1
 #define DK_LN2_LO 0x1.a39ef35793c76p-33
 #define DK_SQRT2 0x1.6a09e667f3bcdp+0
+/* The same coefficients as arrays, for the SIMD paths' Horner loops. */
+static const double DK_L_COEF[7] = {DK_L0, DK_L1, DK_L2, DK_L3, DK_L4, DK_L5, DK_L6};
+static const double DK_S_COEF[7] = {DK_S0, DK_S1, DK_S2, DK_S3, DK_S4, DK_S5, DK_S6};
+static const double DK_C_COEF[7] = {DK_C0, DK_C1, DK_C2, DK_C3, DK_C4, DK_C5, DK_C6};
 
 static inline double dk_f64_from_bits(uint64_t u) {
     double d;

@@ -2,30 +2,15 @@
  * every machine and the template the SIMD paths are checked against. */
 #include "dk_common.h"
 
-static inline void dk_mulhilo(uint32_t a, uint32_t m, uint32_t *hi, uint32_t *lo) {
-    uint64_t p = (uint64_t)a * m;
-    *hi = (uint32_t)(p >> 32);
-    *lo = (uint32_t)p;
-}
-
 static void gen_scalar(const dk_stream *s, uint64_t chunk, size_t nchunks, uint64_t *masks) {
     for (size_t q = 0; q < nchunks; q++) {
         uint64_t base = s->offset + (chunk + q) * 16u; /* wraps mod 2^64 as the contract says */
         uint64_t mask = 0;
         for (unsigned j = 0; j < 16; j++) {
-            uint64_t c = base + j;
-            uint32_t c0 = (uint32_t)c, c1 = (uint32_t)(c >> 32), c2 = 0, c3 = 0;
-            for (int r = 0; r < DK_ROUNDS; r++) {
-                uint32_t hi0, lo0, hi1, lo1;
-                dk_mulhilo(c0, DK_M0, &hi0, &lo0);
-                dk_mulhilo(c2, DK_M1, &hi1, &lo1);
-                c0 = hi1 ^ c1 ^ s->k0[r];
-                c1 = lo1;
-                c2 = hi0 ^ c3 ^ s->k1[r];
-                c3 = lo0;
-            }
-            uint64_t keep = (uint64_t)(c0 > s->tm1) | (uint64_t)(c1 > s->tm1) << 1 |
-                            (uint64_t)(c2 > s->tm1) << 2 | (uint64_t)(c3 > s->tm1) << 3;
+            uint32_t c[4];
+            dk_philox_block(s, base + j, c);
+            uint64_t keep = (uint64_t)(c[0] > s->tm1) | (uint64_t)(c[1] > s->tm1) << 1 |
+                            (uint64_t)(c[2] > s->tm1) << 2 | (uint64_t)(c[3] > s->tm1) << 3;
             mask |= keep << (4 * j);
         }
         masks[q] = mask;

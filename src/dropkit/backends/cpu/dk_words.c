@@ -9,24 +9,6 @@
 
 #define DK_WORDS_MIN_PER_THREAD (1u << 16)
 
-static inline void philox_block(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1, uint32_t out[4]) {
-    uint32_t c2 = 0, c3 = 0;
-    for (int r = 0; r < DK_ROUNDS; r++) {
-        uint64_t p0 = (uint64_t)DK_M0 * c0, p1 = (uint64_t)DK_M1 * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += DK_W0;
-        k1 += DK_W1;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
 typedef struct {
     uint64_t seed, offset, n, per;
     int f64, nt;
@@ -38,11 +20,11 @@ static void uniform_part(void *ctx, int k) {
     uint64_t lo = J->per * (uint64_t)k, hi = k == J->nt - 1 ? J->n : J->per * (uint64_t)(k + 1);
     if (lo > J->n) lo = J->n;
     if (hi > J->n) hi = J->n;
-    const uint32_t k0 = (uint32_t)J->seed, k1 = (uint32_t)(J->seed >> 32);
+    dk_stream s;
+    dk_stream_init(&s, J->seed, J->offset, 1);
     for (uint64_t i = lo; i < hi; i += 4) { /* lo is a multiple of 4: whole blocks */
-        uint64_t c = J->offset + i / 4;     /* wraps mod 2^64 */
         uint32_t w[4];
-        philox_block((uint32_t)c, (uint32_t)(c >> 32), k0, k1, w);
+        dk_philox_block(&s, J->offset + i / 4, w); /* wraps mod 2^64 */
         uint64_t m = hi - i < 4 ? hi - i : 4;
         for (uint64_t j = 0; j < m; j++) {
             double u = ((double)(w[j] >> 8) + 0.5) * 0x1p-24;
