@@ -54,7 +54,7 @@ def on_config(config):
 
 
 def _help_text(args: list[str]) -> str:
-    from dropkit.cli import main
+    from dropkit.app.cli import main
 
     buffer = io.StringIO()
     columns = os.environ.get("COLUMNS")

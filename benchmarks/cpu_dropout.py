@@ -10,7 +10,7 @@ Run: ``python benchmarks/cpu_dropout.py [--sizes ...] [--dtypes ...] [--repeat R
 
 import sys
 
-from dropkit.bench import main
+from dropkit.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dropkit.models import SimpleModelWithDropout
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.ops import backend_name
 from dropkit.uncertainty import mc_dropout, mc_predict
 

@@ -39,7 +39,7 @@ from torch import nn
 
 import dropkit
 from dropkit._select import rate_attr, set_rate
-from dropkit.models import SimpleCNNWithDropout, SimpleModelWithDropout
+from dropkit.app.models import SimpleCNNWithDropout, SimpleModelWithDropout
 from dropkit.ops import backend_name
 from dropkit.patch import Unreplaced, patch
 from dropkit.rng import derive_seed

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.distributed import seed_model, seed_streams
-from dropkit.models import SimpleModelWithDropout
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ the first fully connected layer; dropkit's model derives that size from image_si
 
 import torch
 
-from dropkit.models import SimpleCNNWithDropout
+from dropkit.app.models import SimpleCNNWithDropout
 
 input_tensor = torch.randn(32, 3, 64, 64)  # a batch of 32 RGB images of size 64x64
 model = SimpleCNNWithDropout(dropout_prob=0.5)

@@ -2,7 +2,7 @@
 
 import torch
 
-from dropkit.models import SimpleModelWithDropout
+from dropkit.app.models import SimpleModelWithDropout
 
 input_tensor = torch.randn(32, 64)  # a batch of 32 samples with 64 features
 model = SimpleModelWithDropout(dropout_prob=0.5)

@@ -18,7 +18,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from dropkit.models import SimpleModelWithDropout
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.uncertainty import (
     brier_score,
     classification_summary,

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.distributed import seed_model
-from dropkit.models import SimpleModelWithDropout
 
 MODES = ("seeded", "default")
 

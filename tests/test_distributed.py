@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.distributed import SeedStreams, seed_model, seed_streams
 from dropkit.functional import dropout_mask
 from dropkit.layers import Dropout
-from dropkit.models import SimpleModelWithDropout
 from dropkit.rng import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]

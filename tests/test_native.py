@@ -178,7 +178,7 @@ def test_strided_inputs_match_reference(isa, layout):
 
 
 def test_bench_rows_and_saved_bytes():
-    from dropkit import bench
+    from dropkit.app import bench
 
     rows = bench.run(sizes=[1000], dtypes=["float32"], repeat=1, compile=False, out=lambda s: None)
     saved = {r["case"]: r["saved_per_elem"] for r in rows}

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import dropkit
+from dropkit.app.models import SimpleModelWithDropout
 from dropkit.functional import dropout_mask
-from dropkit.models import SimpleModelWithDropout
 from dropkit.rng import derive_seed
 from dropkit.uncertainty import (
     brier_score,

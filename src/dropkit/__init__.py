@@ -1,32 +1,43 @@
-"""dropkit: the dropout family for PyTorch, on one reproducible random stream."""
+"""dropkit: the dropout family for PyTorch, on one reproducible random stream.
 
-# First: in the command, a Ctrl-C while torch loads prints one line and exits 130 (see _startup).
-from dropkit import _startup  # isort: skip
-from dropkit import distributed, functional, models, patch, rng, schedules, uncertainty
-from dropkit.functional import drop_path_rates, dropout, dropout_add_norm, dropout_mask, rdrop_loss
-from dropkit.layers import (
-    AlphaDropout,
-    ConcreteDropout,
-    DropBlock2d,
-    DropBlock3d,
-    DropConnect,
-    Dropout,
-    Dropout1d,
-    Dropout2d,
-    Dropout3d,
-    DropPath,
-    EmbeddingDropout,
-    FeatureAlphaDropout,
-    GaussianDropout,
-    GaussianNoise,
-    LockedDropout,
-    MultiheadAttention,
-    StochasticDepth,
-    StreamModule,
-    WeightDrop,
-    concrete_regularization,
-)
-from dropkit.rng import STREAM_VERSION, philox4x32
+The names below load on first use (PEP 562): ``import dropkit`` by itself imports neither torch
+nor any submodule, so a program decides what runs before torch loads (the ``dropkit`` command,
+in :mod:`dropkit.app`, installs its start-up Ctrl-C handler first). ``dropkit.Dropout`` and
+``from dropkit import Dropout`` import :mod:`dropkit.layers` the first time and are plain module
+attributes afterwards. The library never imports :mod:`dropkit.app`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dropkit import distributed, functional, patch, rng, schedules, uncertainty
+    from dropkit.functional import drop_path_rates, dropout, dropout_add_norm, dropout_mask, rdrop_loss
+    from dropkit.layers import (
+        AlphaDropout,
+        ConcreteDropout,
+        DropBlock2d,
+        DropBlock3d,
+        DropConnect,
+        Dropout,
+        Dropout1d,
+        Dropout2d,
+        Dropout3d,
+        DropPath,
+        EmbeddingDropout,
+        FeatureAlphaDropout,
+        GaussianDropout,
+        GaussianNoise,
+        LockedDropout,
+        MultiheadAttention,
+        StochasticDepth,
+        StreamModule,
+        WeightDrop,
+        concrete_regularization,
+    )
+    from dropkit.rng import STREAM_VERSION, philox4x32
 
 __version__ = "0.1.0"
 
@@ -53,7 +64,6 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "LockedDropout",
-    "models",
     "MultiheadAttention",
     "patch",
     "philox4x32",
@@ -67,4 +77,32 @@ __all__ = [
     "WeightDrop",
 ]
 
-_startup.end()
+# The subpackages reachable as attributes (the command, dropkit.app, is not one of them).
+_SUBMODULES = frozenset(
+    {"backends", "distributed", "functional", "layers", "ops", "patch", "rng", "schedules", "uncertainty"})
+# Where each top-level name that is not a subpackage lives.
+_HOMES = {
+    **dict.fromkeys(("drop_path_rates", "dropout", "dropout_add_norm", "dropout_mask", "rdrop_loss"),
+                    "dropkit.functional"),
+    **dict.fromkeys(("AlphaDropout", "ConcreteDropout", "DropBlock2d", "DropBlock3d", "DropConnect",
+                     "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "EmbeddingDropout",
+                     "FeatureAlphaDropout", "GaussianDropout", "GaussianNoise", "LockedDropout",
+                     "MultiheadAttention", "StochasticDepth", "StreamModule", "WeightDrop",
+                     "concrete_regularization"), "dropkit.layers"),
+    **dict.fromkeys(("STREAM_VERSION", "philox4x32"), "dropkit.rng"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dropkit.{name}")  # the import binds it in this namespace
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dropkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -3,8 +3,8 @@
 import sys
 
 try:
-    from dropkit.cli import main
-except KeyboardInterrupt:  # the package is loaded; a Ctrl-C while the command module loads
+    from dropkit.app.cli import main
+except KeyboardInterrupt:  # a Ctrl-C after the start-up handler is gone, while the command module loads
     sys.stderr.write("dropkit: interrupted while starting; nothing was written\n")
     raise SystemExit(130) from None
 

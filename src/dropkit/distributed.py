@@ -152,10 +152,10 @@ def seed_model(
         Not applicable: the layers keep their input and output shapes (e.g. ``(N, C, H, W)``).
 
     Example:
-        >>> from dropkit.models import SimpleModelWithDropout
-        >>> model = SimpleModelWithDropout()
+        >>> from dropkit.layers import Dropout
+        >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), Dropout(0.5), nn.Linear(128, 10))
         >>> seeds = seed_model(model, 0)
-        >>> seeds == {"dropout": derive_seed(0, "dropout")}
+        >>> seeds == {"2": derive_seed(0, "2")}
         True
     """
     if not isinstance(model, nn.Module):

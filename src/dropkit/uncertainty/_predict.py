@@ -192,10 +192,10 @@ def mc_predict(
         x: ``(N, *)``. Output: ``(T, N, *out)`` where the model maps ``(N, *)`` to ``(N, *out)``.
 
     Example:
-        >>> from dropkit.models import SimpleModelWithDropout
-        >>> model = SimpleModelWithDropout(dropout_prob=0.5).eval()
+        >>> from dropkit.layers import Dropout
+        >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), Dropout(0.5), nn.Linear(128, 10)).eval()
         >>> out = mc_predict(model, torch.randn(8, 64), samples=20, seed=0)
-        >>> out.shape, model.training, model.dropout.training
+        >>> out.shape, model.training, model[2].training
         (torch.Size([20, 8, 10]), False, False)
         >>> x = torch.randn(8, 64)
         >>> torch.equal(mc_predict(model, x, seed=1), mc_predict(model, x, seed=1))
@@ -277,8 +277,9 @@ def mc_probs(model: nn.Module, x: torch.Tensor, samples: int = 30, **kwargs: obj
         x: ``(N, *)``; the model gives logits ``(N, C)``. Output: ``(T, N, C)``, summing to 1 over C.
 
     Example:
-        >>> from dropkit.models import SimpleModelWithDropout
-        >>> probs = mc_probs(SimpleModelWithDropout().eval(), torch.randn(4, 64), samples=5, seed=0)
+        >>> from dropkit.layers import Dropout
+        >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), Dropout(0.5), nn.Linear(128, 10)).eval()
+        >>> probs = mc_probs(model, torch.randn(4, 64), samples=5, seed=0)
         >>> probs.shape, bool(torch.allclose(probs.sum(-1), torch.ones(5, 4)))
         (torch.Size([5, 4, 10]), True)
     """

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.cli import main
-from dropkit.data import DataError, load_file, stratified_split
-from dropkit.report import reading
-from dropkit.training import RunResult, TrainConfig, build_model, prepare
+from dropkit.app.cli import main
+from dropkit.app.data import DataError, load_file, stratified_split
+from dropkit.app.report import reading
+from dropkit.app.training import RunResult, TrainConfig, build_model, prepare
 
 TINY = ["--epochs", "2", "--seeds", "2", "--mc-samples", "4", "--hidden", "16", "--quiet"]
 

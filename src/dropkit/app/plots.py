@@ -9,8 +9,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from dropkit.report import summarize
-from dropkit.training import RunResult
+from dropkit.app.report import summarize
+from dropkit.app.training import RunResult
 from dropkit.uncertainty import reliability_diagram
 
 __all__ = ["plot_gap_and_nll", "plot_loss_curves", "plot_reliability", "write_plots"]
@@ -42,7 +42,7 @@ def plot_loss_curves(results: Sequence[RunResult], path: Path) -> Path:
 
     Example:
         >>> import tempfile
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> r = RunResult(TrainConfig(p=0.5), {}, [1.0, 0.5], [1.1, 0.9])
         >>> plot_loss_curves([r], Path(tempfile.mkdtemp()) / "loss.png").exists()
         True
@@ -89,7 +89,7 @@ def plot_gap_and_nll(results: Sequence[RunResult], task: str, path: Path) -> Pat
 
     Example:
         >>> import tempfile
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> r = RunResult(TrainConfig(p=0.5), {"gap": 0.1, "test_nll": 0.3, "mc_nll": 0.2})
         >>> plot_gap_and_nll([r], "classification", Path(tempfile.mkdtemp()) / "gap.png").exists()
         True
@@ -167,7 +167,7 @@ def plot_reliability(results: Sequence[RunResult], labels: dict[int, torch.Tenso
 
     Example:
         >>> import tempfile
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> r = RunResult(TrainConfig(p=0.0), {}, test_probs=torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
         >>> f = Path(tempfile.mkdtemp()) / "r.png"
         >>> plot_reliability([r], {0: torch.tensor([0, 0])}, [0.0], f).exists()
@@ -200,7 +200,7 @@ def write_plots(results: Sequence[RunResult], task: str, out: Path,
 
     Example:
         >>> import tempfile
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> r = RunResult(TrainConfig(p=0.5), {"gap": 0.1, "test_nll": 0.3, "mc_nll": 0.2}, [1.0], [1.2])
         >>> [p.name for p in write_plots([r], "regression", Path(tempfile.mkdtemp()))]
         ['loss_curves.png', 'gap_nll.png']

@@ -1,10 +1,11 @@
 """A Ctrl-C while the ``dropkit`` command starts (importing torch takes a second or two) ends it
 with one line and exit code 130 instead of a traceback from inside an import.
 
-``dropkit/__init__.py`` imports this module first (which calls :func:`begin`) and calls
-:func:`end` last. Only the command is
-affected: a program that merely imports dropkit keeps its own SIGINT handling, and the handler
-lasts only while the package loads. Nothing has been written at that point, so leaving at once
+``dropkit/app/__init__.py`` imports this module first (which calls :func:`begin`), then loads
+torch and the library, and calls :func:`end`; ``import dropkit`` alone loads nothing heavy, so
+the handler is in place before torch starts loading. Only the command is affected: a program that
+imports dropkit, or even dropkit.app (for the demo's models), keeps its own SIGINT handling, and
+the handler lasts only while the package loads. Nothing has been written at that point, so leaving at once
 is safe.
 """
 

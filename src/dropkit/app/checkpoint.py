@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dropkit.data import DataError, Dataset, Standardizer
-from dropkit.models import SimpleModelWithDropout
-from dropkit.training import Prepared, RunResult, TrainConfig, build_model
+from dropkit.app.data import DataError, Dataset, Standardizer
+from dropkit.app.models import SimpleModelWithDropout
+from dropkit.app.training import Prepared, RunResult, TrainConfig, build_model
 
 __all__ = ["FORMAT", "LoadedModel", "load_model", "save_model"]
 
@@ -58,7 +58,7 @@ def save_model(path: str | Path, run: RunResult, data: Dataset, prepared: Prepar
 
     Example:
         >>> import tempfile, numpy as np
-        >>> from dropkit.training import prepare, train_run
+        >>> from dropkit.app.training import prepare, train_run
         >>> d = Dataset(np.random.default_rng(0).normal(size=(20, 2)), np.arange(20) % 2, "classification",
         ...             ["a", "b"], "y", ["no", "yes"])
         >>> prep = prepare(d, np.arange(15), np.arange(15, 20))
@@ -116,7 +116,7 @@ def load_model(path: str | Path) -> LoadedModel:
         >>> load_model(f)
         Traceback (most recent call last):
         ...
-        dropkit.data.DataError: ...x.pt: not a dropkit model file (no 'format': 'dropkit-model' entry); ...
+        dropkit.app.data.DataError: ...x.pt: not a dropkit model file (no 'format': 'dropkit-model' ...
     """
     path = Path(path)
     if not path.is_file():

@@ -1,7 +1,7 @@
 """Train and evaluate one model at one dropout rate: the unit of work of ``dropkit demo/train``.
 
 The models (``TrainConfig.model``): ``"guide-mlp"``, the guide's MLP (one hidden layer);
-``"mlp"``, :class:`~dropkit.models.WideMLPWithDropout` (two wide hidden layers, the demo's
+``"mlp"``, :class:`~dropkit.app.models.WideMLPWithDropout` (two wide hidden layers, the demo's
 default); ``"cnn"``, the guide's CNN on square one-channel images given as flat rows (sklearn's
 8x8 digits).
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dropkit.data import DataError, Dataset, Standardizer, permutation
+from dropkit.app.data import DataError, Dataset, Standardizer, permutation
+from dropkit.app.models import SimpleCNNWithDropout, SimpleModelWithDropout, WideMLPWithDropout
 from dropkit.layers import Dropout
-from dropkit.models import SimpleCNNWithDropout, SimpleModelWithDropout, WideMLPWithDropout
 from dropkit.rng import derive_seed
 from dropkit.uncertainty import (
     expected_calibration_error,
@@ -177,7 +177,7 @@ def build_model(in_features: int, num_outputs: int, config: TrainConfig) -> torc
 
     * ``"guide-mlp"``: the guide's MLP ``Linear(F, hidden) -> ReLU -> Dropout(p) ->
       Linear(hidden, outputs)``;
-    * ``"mlp"``: :class:`~dropkit.models.WideMLPWithDropout`, two hidden layers of ``hidden``
+    * ``"mlp"``: :class:`~dropkit.app.models.WideMLPWithDropout`, two hidden layers of ``hidden``
       units, each followed by ``Dropout(p)``;
     * ``"cnn"``: the guide's CNN (conv 3x3 with 16 channels, ReLU, max-pool 2, ``Linear(.,
       hidden)``, ReLU, ``Dropout(p)``, ``Linear(hidden, outputs)``) on rows of ``F = side**2``

@@ -22,7 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
-from dropkit.training import RunResult
+from dropkit.app.training import RunResult
 
 __all__ = [
     "METRICS",
@@ -88,7 +88,7 @@ def summarize(results: Sequence[RunResult], task: str) -> list[dict[str, object]
     """One row per rate p: ``{"p", "seeds", <metric>: {"mean", "se"}}`` for the task's metrics.
 
     Example:
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> runs = [RunResult(TrainConfig(p=0.1, seed=s), {"gap": g}) for s, g in [(0, 0.1), (1, 0.3)]]
         >>> row = summarize(runs, "classification")[0]
         >>> row["p"], row["seeds"], round(row["gap"]["mean"], 6)
@@ -111,7 +111,7 @@ def paired_difference(
     """Mean and standard error over seeds of ``metric(p) - metric(baseline)``, seed by seed.
 
     Example:
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> runs = [RunResult(TrainConfig(p=q, seed=s), {"m": v}) for q, s, v in
         ...         [(0.0, 0, 1.0), (0.0, 1, 2.0), (0.5, 0, 0.5), (0.5, 1, 1.7)]]
         >>> [round(v, 6) for v in paired_difference(runs, "m", 0.5, 0.0)]
@@ -181,7 +181,7 @@ def reading(results: Sequence[RunResult], task: str, held_out: str = "test") -> 
     baseline by more than the noise, it says that dropout does not help.
 
     Example:
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> m = lambda a, n: {"train_acc": 1.0, "test_acc": a, "gap": 1 - a, "test_nll": n, "mc_nll": n}
         >>> runs = [RunResult(TrainConfig(p=p, seed=s), m(0.9 + p / 10 + s / 100, 0.5 - p / 2 + s / 50))
         ...         for p in (0.0, 0.5) for s in range(3)]
@@ -247,7 +247,7 @@ def write_results(
 
     Example:
         >>> import tempfile
-        >>> from dropkit.training import TrainConfig
+        >>> from dropkit.app.training import TrainConfig
         >>> d = Path(tempfile.mkdtemp())
         >>> doc = write_results(d, [RunResult(TrainConfig(), {"gap": 0.1})], "classification", {})
         >>> sorted(p.name for p in d.iterdir()), doc["summary"][0]["gap"]["se"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dropkit._io import Outputs, held_interrupts
-from dropkit._limits import check_memory, sweep_bytes
-from dropkit.data import DataError
+from dropkit.app._io import Outputs, held_interrupts
+from dropkit.app._limits import check_memory, sweep_bytes
+from dropkit.app.data import DataError
 
 
 def test_an_error_while_staging_leaves_nothing_not_even_made_parents(tmp_path):
@@ -75,7 +75,7 @@ def test_memory_estimate_grows_with_the_flags_and_refuses_in_one_line():
 
 
 def test_default_output_folder_is_new_each_time(tmp_path, monkeypatch):
-    from dropkit.cli import _default_out
+    from dropkit.app.cli import _default_out
 
     monkeypatch.chdir(tmp_path)
     first = _default_out()

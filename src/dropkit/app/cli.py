@@ -16,14 +16,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dropkit._limits import FLAG_LIMITS
-from dropkit.data import DataError
+from dropkit.app._limits import FLAG_LIMITS
+from dropkit.app.data import DataError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from dropkit.data import Dataset
-    from dropkit.training import RunResult
+    from dropkit.app.data import Dataset
+    from dropkit.app.training import RunResult
 
 __all__ = ["main"]
 
@@ -190,7 +190,7 @@ def _default_out() -> Path:
 
 def _check_sweep_memory(args: argparse.Namespace, rows: int, test_rows: int, features: int, outputs: int
                         ) -> None:
-    from dropkit._limits import check_memory, sweep_bytes
+    from dropkit.app._limits import check_memory, sweep_bytes
 
     needed = sweep_bytes(rows, test_rows, features, outputs, args.hidden, args.batch_size, args.mc_samples)
     check_memory(needed, f"a run with --hidden {args.hidden}, --mc-samples {args.mc_samples} on "
@@ -206,8 +206,8 @@ def _sweep(
     The p = 0 run of a seed is the model without any dropout; the runs with p > 0 also drop
     inputs at ``args.input_p``.
     """
-    from dropkit.report import Progress
-    from dropkit.training import TrainConfig, prepare, train_run
+    from dropkit.app.report import Progress
+    from dropkit.app.training import TrainConfig, prepare, train_run
 
     base = TrainConfig(input_p=args.input_p, hidden=args.hidden, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, mc_samples=args.mc_samples, model=model)
@@ -229,8 +229,8 @@ def _sweep(
 def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict,
             out: Path, folder: Path) -> None:
     """Write the figures and results into ``folder`` (the staged copy of ``out``) and print the summary."""
-    from dropkit.plots import write_plots
-    from dropkit.report import format_table, legend, reading, write_index_html, write_results
+    from dropkit.app.plots import write_plots
+    from dropkit.app.report import format_table, legend, reading, write_index_html, write_results
 
     held_out = info.get("held_out", "test")
     text = reading(results, task, held_out)
@@ -257,8 +257,8 @@ def _title(info: dict) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dropkit._io import Outputs
-    from dropkit.data import load_embedded, stratified_split
+    from dropkit.app._io import Outputs
+    from dropkit.app.data import load_embedded, stratified_split
 
     outputs = Outputs(inputs=[], force=args.force)
     out = outputs.folder(args.out or _default_out(), "--out")  # checked before the sweep, not after it
@@ -284,10 +284,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dropkit._io import Outputs
-    from dropkit.checkpoint import save_model
-    from dropkit.data import load_file, shape_note, stratified_split
-    from dropkit.report import summarize
+    from dropkit.app._io import Outputs
+    from dropkit.app.checkpoint import save_model
+    from dropkit.app.data import load_file, shape_note, stratified_split
+    from dropkit.app.report import summarize
 
     outputs = Outputs(inputs=[args.data], force=args.force)
     out = outputs.folder(args.out or _default_out(), "--out")
@@ -316,11 +316,11 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
-    from dropkit._io import Outputs
-    from dropkit._limits import check_memory
-    from dropkit.checkpoint import load_model
-    from dropkit.data import load_features
-    from dropkit.report import json_safe
+    from dropkit.app._io import Outputs
+    from dropkit.app._limits import check_memory
+    from dropkit.app.checkpoint import load_model
+    from dropkit.app.data import load_features
+    from dropkit.app.report import json_safe
     from dropkit.uncertainty import classification_summary, mc_predict, regression_summary
 
     outputs = Outputs(inputs=[args.model, args.data], force=args.force)
@@ -375,7 +375,7 @@ def _write_csv(stream: TextIO, rows: list[dict[str, object]]) -> None:
 
 
 def _bench(argv: list[str]) -> int:
-    from dropkit import bench  # imported here: it pulls in torch.compile machinery
+    from dropkit.app import bench  # imported here: it pulls in torch.compile machinery
 
     return int(bench.main(argv) or 0)
 

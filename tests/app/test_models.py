@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import dropkit
-from dropkit.models import SimpleCNNWithDropout, SimpleModelWithDropout
+from dropkit.app.models import SimpleCNNWithDropout, SimpleModelWithDropout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mlp_matches_the_guide():

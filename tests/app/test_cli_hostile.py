@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.checkpoint import load_model, save_model
-from dropkit.cli import main
-from dropkit.data import DataError, Dataset, load_file, stratified_split
-from dropkit.training import TrainConfig, prepare, train_run
+from dropkit.app.checkpoint import load_model, save_model
+from dropkit.app.cli import main
+from dropkit.app.data import DataError, Dataset, load_file, stratified_split
+from dropkit.app.training import TrainConfig, prepare, train_run
 
 TINY = ["--epochs", "1", "--seeds", "1", "--mc-samples", "2", "--hidden", "4", "--p", "0", "0.5", "--quiet"]
 

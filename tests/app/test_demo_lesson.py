@@ -2,7 +2,7 @@
 
 These tests run the demo's default configuration (model, width, epochs, learning rate, input
 rate) with three seeds instead of five and two rates instead of three, and recompute every
-claim from the per-run numbers in results.json with numpy, independently of dropkit.report.
+claim from the per-run numbers in results.json with numpy, independently of dropkit.app.report.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dropkit.cli import main
-from dropkit.data import Dataset
-from dropkit.models import WideMLPWithDropout
-from dropkit.plots import SPARSE_BIN, plot_gap_and_nll, write_plots
-from dropkit.report import legend
-from dropkit.training import RunResult, TrainConfig, build_model, prepare
+from dropkit.app.cli import main
+from dropkit.app.data import Dataset
+from dropkit.app.models import WideMLPWithDropout
+from dropkit.app.plots import SPARSE_BIN, plot_gap_and_nll, write_plots
+from dropkit.app.report import legend
+from dropkit.app.training import RunResult, TrainConfig, build_model, prepare
 
 
 @pytest.fixture(scope="module")

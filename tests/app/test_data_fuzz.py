@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dropkit.data import DataError, Standardizer, load_features, load_file
+from dropkit.app.data import DataError, Standardizer, load_features, load_file
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FOLDER = Path(tempfile.mkdtemp(prefix="dropkit-fuzz-"))
