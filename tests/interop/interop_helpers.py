@@ -1,4 +1,6 @@
-"""Helpers for the tests against real third-party packages (timm, torchvision, Lightning, Baal, torch-uncertainty, PEFT).
+"""Helpers for the tests against real third-party packages.
+
+The packages: timm, torchvision, Lightning, Baal, torch-uncertainty, PEFT.
 
 ``real(name)`` imports a package for a test. Where the package is missing the test is skipped, except
 when ``DROPKIT_REQUIRE_INTEROP=1`` is set (CI's interop environment sets it): there a missing or broken
