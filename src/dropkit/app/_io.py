@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from dropkit.app.data import DataError
+from dropkit.app.errors import DataError
 
 __all__ = ["Outputs", "held_interrupts"]
 

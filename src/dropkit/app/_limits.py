@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from dropkit.app.data import DataError
+from dropkit.app.errors import DataError
 
 __all__ = ["FLAG_LIMITS", "available_memory", "check_memory", "sweep_bytes"]
 
@@ -80,7 +80,7 @@ def check_memory(needed: int, what: str, available: int | None = None) -> None:
         >>> check_memory(10 * 2**30, "--hidden 1000000", available=2**30)
         Traceback (most recent call last):
         ...
-        dropkit.app.data.DataError: --hidden 1000000 needs about 10.0 GiB of memory; 1.0 GiB is available
+        dropkit.app.errors.DataError: --hidden 1000000 needs about 10.0 GiB of memory; 1.0 GiB is available
     """
     available = available_memory() if available is None else available
     if available is not None and needed > available:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import dropkit
+from dropkit.app.errors import Parser
 from dropkit.ops import backend_name
 
 __all__ = ["run", "main", "DEFAULT_SIZES"]
@@ -159,6 +160,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry (``dropkit bench``): run the benchmark and print its table; returns 0.
 
@@ -168,19 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         dropkit bench: ...
         0
     """
-    parser = argparse.ArgumentParser(prog="dropkit bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="element counts N")
+    parser = Parser(prog="dropkit bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=_positive, nargs="+", default=list(DEFAULT_SIZES),
+                        help="element counts N")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(_DTYPES))
-    parser.add_argument("--repeat", type=int, default=None, help="timed calls per case")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing")
+    parser.add_argument("--repeat", type=_positive, default=None, help="timed calls per case")
+    parser.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads before timing")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     args = parser.parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.repeat is not None and args.repeat < 1:
-        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     print(f"dropkit bench: backend={backend_name('cpu')} threads={torch.get_num_threads()} p={P} "
           f"torch={torch.__version__}")
     rows = run(args.sizes, args.dtypes, args.repeat, compile=not args.no_compile, out=lambda s: None)

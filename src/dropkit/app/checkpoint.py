@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dropkit.app.data import DataError, Dataset, Standardizer
+from dropkit.app.data import Dataset, Standardizer
+from dropkit.app.errors import DataError
 from dropkit.app.models import SimpleModelWithDropout
 from dropkit.app.training import Prepared, RunResult, TrainConfig, build_model
 
@@ -116,7 +117,7 @@ def load_model(path: str | Path) -> LoadedModel:
         >>> load_model(f)
         Traceback (most recent call last):
         ...
-        dropkit.app.data.DataError: ...x.pt: not a dropkit model file (no 'format': 'dropkit-model' ...
+        dropkit.app.errors.DataError: ...x.pt: not a dropkit model file (no 'format': 'dropkit-model' ...
     """
     path = Path(path)
     if not path.is_file():

@@ -2,7 +2,8 @@
 
 Commands: ``demo`` (digits, embedded), ``train`` (a CSV/NPZ file), ``predict`` (MC-dropout
 predictions of a saved model) and ``bench`` (the kernel benchmark). Every mistake a user can
-make with files or options ends in one line on stderr and exit code 2, never a traceback.
+make with files or options ends in one line on stderr and exit code 2, never a traceback (the
+errors it owns are in :mod:`dropkit.app.errors`); any other exception is a bug and shows as one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from dropkit.app._limits import FLAG_LIMITS
-from dropkit.app.data import DataError
+from dropkit.app.errors import DataError, Parser, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,13 +34,6 @@ DEFAULT_GRID = [0.0, 0.1, 0.2, 0.3, 0.5]
 DEMO_GRID = [0.0, 0.2, 0.5]
 DEMO_P_INPUT = 0.2
 DEMO_HIDDEN = {"mlp": 256, "guide-mlp": 128, "cnn": 128}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (argparse prints the usage first, which is two lines)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _number(text: str) -> float:
@@ -138,8 +132,8 @@ def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float, grid:
 
 def _build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(prog="dropkit", description="Measure what dropout does to a model.", formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="dropkit", description="Measure what dropout does to a model.", formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     demo = sub.add_parser("demo", formatter_class=fmt, help="dropout sweep on scikit-learn's digits",
                           description="Train the guide's MLP on a small subset of scikit-learn's digits for "
                           "a grid of dropout rates and seeds; print and save what dropout changes.")
@@ -264,7 +258,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = outputs.folder(args.out or _default_out(), "--out")  # checked before the sweep, not after it
     data = load_embedded("digits")
     if args.train_size >= len(data.y) - len(data.classes):
-        raise DataError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
+        raise UsageError(f"--train-size must leave test rows: at most {len(data.y) - len(data.classes) - 1}, "
                         f"got {args.train_size}")
     if args.hidden is None:
         args.hidden = DEMO_HIDDEN[args.model]
@@ -399,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         return handler(args)
-    except (DataError, ValueError, OSError, MemoryError) as e:
+    # The errors the command owns, and the machine's (a file it cannot write, memory it cannot
+    # get); anything else, a ValueError from the library included, is a bug and shows as one.
+    except (UsageError, DataError, OSError, MemoryError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"dropkit {args.command}: error: {message}", file=sys.stderr)
         return 2

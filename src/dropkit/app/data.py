@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dropkit.app.errors import DataError
 from dropkit.rng import derive_seed, philox_words
 
 __all__ = [
@@ -41,10 +42,6 @@ EXTENSIONS = (".csv", ".npz")
 MAX_INFERRED_CLASSES = 20
 # A regression target is standardized and its variance reported; beyond this its square overflows.
 REGRESSION_TARGET_LIMIT = 1e150
-
-
-class DataError(ValueError):
-    """A problem with the user's data or files; its message is one line meant for the user."""
 
 
 @dataclass

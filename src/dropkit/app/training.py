@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dropkit.app.data import DataError, Dataset, Standardizer, permutation
+from dropkit.app.data import Dataset, Standardizer, permutation
+from dropkit.app.errors import DataError
 from dropkit.app.models import SimpleCNNWithDropout, SimpleModelWithDropout, WideMLPWithDropout
 from dropkit.layers import Dropout
 from dropkit.rng import derive_seed
