@@ -5,7 +5,8 @@
 equivalents, so that a pretrained torchvision, timm or Hugging Face model gets dropkit's
 reproducible stream, fast kernels and MC-dropout support without editing its code.
 :func:`unpatch` puts the original module objects back. :func:`dropout_layers` and
-:func:`set_dropout` inspect and re-rate.
+:func:`set_dropout` inspect and re-rate. The module itself is callable: ``dropkit.patch(model)``
+is ``dropkit.patch.patch(model)``, and ``from dropkit.patch import patch`` imports the function.
 
 Some dropout cannot be reached by replacing a module, and :func:`patch` reports it instead of
 pretending: a ``forward`` that calls ``F.dropout`` (or ``scaled_dot_product_attention`` with a
@@ -19,6 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -495,3 +498,21 @@ def set_dropout(model: nn.Module, p: float, *, include: ModuleFilter | None = No
 
 def _tensor_device(model: nn.Module) -> torch.device | None:
     return next((t.device for t in (*model.parameters(), *model.buffers())), None)
+
+
+class _CallableModule(types.ModuleType):
+    """This module's type: calling ``dropkit.patch(...)`` calls :func:`patch`."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        include: ModuleFilter | None = None,
+        exclude: ModuleFilter | None = None,
+        seed: int | None = None,
+        mask_storage: str | None = None,
+    ) -> PatchReport:
+        return patch(model, include=include, exclude=exclude, seed=seed, mask_storage=mask_storage)
+
+
+sys.modules[__name__].__class__ = _CallableModule

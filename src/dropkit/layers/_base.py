@@ -100,7 +100,9 @@ class StreamModule(nn.Module):
     Args:
         seed: give the module its own stream ``(seed, 0)``, kept in the ``seed`` and ``offset``
             buffers of the ``state_dict``; a resumed run continues with exactly the masks an
-            uninterrupted run would have used.
+            uninterrupted run would have used. A ``state_dict`` without these two keys (saved
+            before :func:`dropkit.patch`) loads even with ``strict=True``, and the module keeps
+            its stream.
         generator: draw a fresh seed per call from this torch.Generator.
 
     With neither, seeds come from torch's default generator. See the module docstring for
@@ -205,8 +207,13 @@ class StreamModule(nn.Module):
                     f"{prefix}{name} must be a one-element int64 tensor (the stream position's "
                     f"bits), got a {got}; dropkit never truncates a stream position"
                 )
+        missing_before = len(missing_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        # A state_dict saved before patch() (or from torch's own layer) has no stream position:
+        # it loads with strict=True and the layer keeps the stream it was built with.
+        stream_keys = (prefix + "seed", prefix + "offset")
+        missing_keys[missing_before:] = [k for k in missing_keys[missing_before:] if k not in stream_keys]
 
     def stream_state(self) -> dict[str, int] | None:
         """The module's ``{"seed", "offset"}`` as unsigned ints, or None if it owns no stream."""

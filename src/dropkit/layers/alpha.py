@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from dropkit.functional._checks import check_floating
 from dropkit.functional.alpha import apply_alpha, feature_mask_shape
 from dropkit.layers._base import RateModule
+from dropkit.layers._torch_classes import unusual_input
 
 __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
 
@@ -15,20 +16,23 @@ class _Alpha(RateModule):
     _feature = False
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_floating(input)
+        dense = isinstance(input, torch.Tensor) and input.layout == torch.strided
+        if not (dense and input.is_floating_point()):
+            return unusual_input(self, input)
         shape = feature_mask_shape(input) if self._feature else tuple(input.shape)
         if not self.training:
             return input
         return apply_alpha(input, self.p, self.inplace, shape, self.stream())
 
 
-class AlphaDropout(_Alpha):
+class AlphaDropout(_Alpha, nn.AlphaDropout):
     r"""Alpha dropout for SELU networks (Klambauer et al., NeurIPS 2017).
 
     Training: ``y = a (x m + alpha' (1 - m)) + b`` with ``alpha' = -lambda alpha`` of SELU and
     ``a = (q + alpha'^2 q (1 - q))^(-1/2)``, ``b = -a alpha' (1 - q)``, ``q = 1 - p``; keeps mean 0
     and variance 1 of standardized inputs. Evaluation: identity. See
-    :func:`dropkit.functional.alpha_dropout`.
+    :func:`dropkit.functional.alpha_dropout`. An instance of ``torch.nn.AlphaDropout`` (as
+    FeatureAlphaDropout is of ``torch.nn.FeatureAlphaDropout``); see :class:`dropkit.Dropout`.
 
     Args:
         p: probability of dropping an element, in [0, 1]. Default: 0.5.
@@ -45,7 +49,7 @@ class AlphaDropout(_Alpha):
     """
 
 
-class FeatureAlphaDropout(_Alpha):
+class FeatureAlphaDropout(_Alpha, nn.FeatureAlphaDropout):
     r"""Alpha dropout of whole channels: one mask value per (sample, channel).
 
     The formula of :class:`AlphaDropout` with the mask broadcast over the spatial dims. See

@@ -5,23 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from dropkit.functional._checks import (
     check_dims,
     check_dims_syntax,
-    check_floating,
     check_mask_storage,
     check_mode,
 )
 from dropkit.functional.dropout import apply_dropout, evaluation, inverted_scale
 from dropkit.layers._base import RateModule
+from dropkit.layers._torch_classes import unusual_input
 from dropkit.rng import keep_threshold
 
 __all__ = ["Dropout"]
 
 
-class Dropout(RateModule):
+class Dropout(RateModule, nn.Dropout):
     r"""During training, zero each element with probability ``p``; a drop-in for torch.nn.Dropout.
+
+    An instance of ``torch.nn.Dropout`` (and ``nn.modules.dropout._DropoutNd``) with torch's
+    ``p`` and ``inplace``, so code that finds dropout by torch's classes finds it; torch.fx
+    traces it as a leaf and a quantized model's tensors pass through it in eval (see
+    :mod:`dropkit.layers._torch_classes`).
 
     ``mode="inverted"``: training ``y = x * m / (1 - p)``, evaluation ``y = x``.
     ``mode="classic"``: training ``y = x * m``, evaluation ``y = (1 - p) x``
@@ -79,7 +85,7 @@ class Dropout(RateModule):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         dense = isinstance(input, torch.Tensor) and input.layout == torch.strided
         if not (dense and input.is_floating_point()):
-            check_floating(input)
+            return unusual_input(self, input, self.mode == "inverted")
         if not self.training:
             return evaluation(input, self.p, self.mode, self.inplace)
         if self.p == 0.0:

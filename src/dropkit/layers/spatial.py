@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from dropkit.functional._checks import check_floating
 from dropkit.functional.spatial import apply_channel_dropout
 from dropkit.layers._base import RateModule
+from dropkit.layers._torch_classes import unusual_input
 
 __all__ = ["Dropout1d", "Dropout2d", "Dropout3d"]
 
@@ -27,7 +28,9 @@ class _ChannelDropout(RateModule):
         self.channels_last = bool(channels_last)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_floating(input)
+        dense = isinstance(input, torch.Tensor) and input.layout == torch.strided
+        if not (dense and input.is_floating_point()):
+            return unusual_input(self, input)
         stream = self.stream() if self.training and self.p > 0 else None
         return apply_channel_dropout(input, self._spatial, self.p, self.training, self.inplace,
                                      self.channels_last, stream)
@@ -36,10 +39,11 @@ class _ChannelDropout(RateModule):
         return super().extra_repr() + (", channels_last=True" if self.channels_last else "")
 
 
-class Dropout1d(_ChannelDropout):
+class Dropout1d(_ChannelDropout, nn.Dropout1d):
     r"""Zero whole channels of (N, C, L) inputs with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
 
-    Tompson et al., CVPR 2015. See :func:`dropkit.functional.dropout1d`.
+    Tompson et al., CVPR 2015. See :func:`dropkit.functional.dropout1d`. An instance of
+    ``torch.nn.Dropout1d`` (as Dropout2d and Dropout3d are of theirs); see :class:`dropkit.Dropout`.
 
     Args:
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
@@ -61,7 +65,7 @@ class Dropout1d(_ChannelDropout):
     _spatial = 1
 
 
-class Dropout2d(_ChannelDropout):
+class Dropout2d(_ChannelDropout, nn.Dropout2d):
     r"""Zero whole feature maps with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
 
     Tompson et al., CVPR 2015. The rank is never guessed: (N, C, H, W) or (C, H, W) only.
@@ -87,7 +91,7 @@ class Dropout2d(_ChannelDropout):
     _spatial = 2
 
 
-class Dropout3d(_ChannelDropout):
+class Dropout3d(_ChannelDropout, nn.Dropout3d):
     r"""Zero whole volumetric channels with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
 
     See :func:`dropkit.functional.dropout3d`.

@@ -217,7 +217,10 @@ def mc_predict(
     if consistent:
         if seed is None:
             raise ValueError("consistent=True needs an explicit seed (the masks are a function of it)")
-        torch_dropout = [n for n, m in model.named_modules() if isinstance(m, TORCH_DROPOUT_TYPES)]
+        torch_dropout = [
+            n for n, m in model.named_modules()
+            if isinstance(m, TORCH_DROPOUT_TYPES) and not isinstance(m, StreamModule)
+        ]
         if torch_dropout:
             raise ValueError(
                 "consistent=True needs dropkit layers (their masks come from a seeded stream); "
