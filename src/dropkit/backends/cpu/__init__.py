@@ -6,8 +6,8 @@ the comparison with the threshold and the scaling in one pass: forward reads ``x
 ``seed`` and ``offset``) and writes ``grad_in``. It matches :mod:`dropkit.backends.reference`
 bit for bit (see dropkit.backends for the contract).
 
-The SIMD path is chosen at run time (AVX-512, AVX2 or portable C); ``DROPKIT_CPU_ISA`` =
-``scalar`` | ``avx2`` | ``avx512`` (read at import) or :func:`set_isa` forces one. Calls run
+The SIMD path is chosen at run time (AVX-512, AVX2, NEON or portable C); ``DROPKIT_CPU_ISA`` =
+``scalar`` | ``avx2`` | ``avx512`` | ``neon`` (read at import) or :func:`set_isa` forces one. Calls run
 on ``torch.get_num_threads()`` threads, with the GIL released while the kernel runs (ctypes
 releases it around foreign calls).
 """
