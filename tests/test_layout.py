@@ -9,6 +9,7 @@ dropkit`` and the library's public names really load.
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
@@ -125,3 +126,22 @@ def test_every_public_name_resolves_and_is_listed():
     assert dropkit.Dropout is dropkit.layers.Dropout and dropkit.dropout is dropkit.functional.dropout
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         dropkit.no_such_name  # noqa: B018
+
+
+def test_the_lazy_names_agree_with_all_and_with_the_type_checking_imports():
+    # __init__.py states each public name three times: in __all__, in _HOMES (or _SUBMODULES)
+    # for the first use, and in the `if TYPE_CHECKING:` imports for type checkers.
+    public_modules = {n for n in dropkit.__all__ if n in dropkit._SUBMODULES}
+    assert set(dropkit.__all__) == set(dropkit._HOMES) | public_modules
+    assert len(dropkit.__all__) == len(set(dropkit.__all__))
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    typed = {}
+    for node in guarded.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            typed[alias.name] = f"{node.module}.{alias.name}" if node.module == "dropkit" else node.module
+    assert {n: m for n, m in typed.items() if n not in dropkit._SUBMODULES} == dropkit._HOMES
+    assert {n for n in typed if n in dropkit._SUBMODULES} == public_modules
+    for name, home in dropkit._HOMES.items():
+        assert getattr(dropkit, name) is getattr(importlib.import_module(home), name), name

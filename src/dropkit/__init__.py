@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dropkit import distributed, functional, patch, rng, schedules, uncertainty
-    from dropkit.functional import drop_path_rates, dropout, dropout_add_norm, dropout_mask, rdrop_loss
+    from dropkit.functional import (
+        drop_path_rates,
+        dropout,
+        dropout_add_norm,
+        dropout_mask,
+        rdrop_loss,
+    )
     from dropkit.layers import (
         AlphaDropout,
         ConcreteDropout,
@@ -77,19 +83,47 @@ __all__ = [
     "WeightDrop",
 ]
 
-# The subpackages reachable as attributes (the command, dropkit.app, is not one of them).
-_SUBMODULES = frozenset(
-    {"backends", "distributed", "functional", "layers", "ops", "patch", "rng", "schedules", "uncertainty"})
-# Where each top-level name that is not a subpackage lives.
+# The subpackages and modules reachable as attributes (the command, dropkit.app, is not one).
+_SUBMODULES = frozenset({
+    "backends",
+    "distributed",
+    "functional",
+    "layers",
+    "ops",
+    "patch",
+    "rng",
+    "schedules",
+    "uncertainty",
+})
+# Where each top-level name that is not a submodule lives: one line per name.
 _HOMES = {
-    **dict.fromkeys(("drop_path_rates", "dropout", "dropout_add_norm", "dropout_mask", "rdrop_loss"),
-                    "dropkit.functional"),
-    **dict.fromkeys(("AlphaDropout", "ConcreteDropout", "DropBlock2d", "DropBlock3d", "DropConnect",
-                     "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "EmbeddingDropout",
-                     "FeatureAlphaDropout", "GaussianDropout", "GaussianNoise", "LockedDropout",
-                     "MultiheadAttention", "StochasticDepth", "StreamModule", "WeightDrop",
-                     "concrete_regularization"), "dropkit.layers"),
-    **dict.fromkeys(("STREAM_VERSION", "philox4x32"), "dropkit.rng"),
+    "drop_path_rates": "dropkit.functional",
+    "dropout": "dropkit.functional",
+    "dropout_add_norm": "dropkit.functional",
+    "dropout_mask": "dropkit.functional",
+    "rdrop_loss": "dropkit.functional",
+    "AlphaDropout": "dropkit.layers",
+    "concrete_regularization": "dropkit.layers",
+    "ConcreteDropout": "dropkit.layers",
+    "DropBlock2d": "dropkit.layers",
+    "DropBlock3d": "dropkit.layers",
+    "DropConnect": "dropkit.layers",
+    "Dropout": "dropkit.layers",
+    "Dropout1d": "dropkit.layers",
+    "Dropout2d": "dropkit.layers",
+    "Dropout3d": "dropkit.layers",
+    "DropPath": "dropkit.layers",
+    "EmbeddingDropout": "dropkit.layers",
+    "FeatureAlphaDropout": "dropkit.layers",
+    "GaussianDropout": "dropkit.layers",
+    "GaussianNoise": "dropkit.layers",
+    "LockedDropout": "dropkit.layers",
+    "MultiheadAttention": "dropkit.layers",
+    "StochasticDepth": "dropkit.layers",
+    "StreamModule": "dropkit.layers",
+    "WeightDrop": "dropkit.layers",
+    "philox4x32": "dropkit.rng",
+    "STREAM_VERSION": "dropkit.rng",
 }
 
 

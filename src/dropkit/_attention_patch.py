@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from dropkit import _torch
 from dropkit.functional.attention import attention_on_stream
 from dropkit.layers._base import StreamModule
 
@@ -132,7 +133,7 @@ def restore_hf(module: nn.Module) -> bool:
 def timm_dropout_child(module: nn.Module) -> bool:
     """Whether ``module`` is timm-style attention: a ``fused_attn`` flag and an ``attn_drop`` module."""
     return isinstance(getattr(module, "fused_attn", None), bool) and isinstance(
-        module._modules.get("attn_drop"), nn.Module
+        _torch.child_slots(module).get("attn_drop"), nn.Module
     )
 
 

@@ -1,21 +1,31 @@
 """The one place that touches torch's private functions and internals.
 
-dropkit needs three things torch has no public API for:
+dropkit needs a few things torch has no public API for; every one of them is reached through
+this module, and docs/design.md lists each with the torch release that introduced it:
 
 * whether a call runs inside a backward pass (``torch._C._current_graph_task_id``);
 * whether saved-tensor hooks are active (``torch._C._autograd._top_saved_tensors_default_hooks``);
 * which activation-checkpoint region (``torch.utils.checkpoint``) a call runs in, and whether
-  it is the region's first forward or its recomputation during backward.
+  it is the region's first forward or its recomputation during backward;
+* the C entry of an autograd Function, whether functorch transforms are active, and whether
+  ``torch.jit.trace`` is recording (``torch._C``);
+* softmax's backward formula (``torch._softmax_backward_data``), the batch-norm base class
+  (``torch.nn.modules.batchnorm._BatchNorm``), DDP's list of buffers it must not broadcast, and
+  the dicts in which ``nn.Module`` keeps its parameters, buffers and children.
 
-All three are probed here, once, at import. A torch release that lacks one gets a clear
-RuntimeError from :func:`require` when the feature is used, never a silent wrong answer.
+They are looked up once, at import. A torch release that lacks one gets a clear RuntimeError
+from :func:`require` when the feature that needs it is used, or a public fallback where one
+gives the same result, never a silent wrong answer.
 
 How checkpoint regions are found: both checkpoint modes call the user's function from a
 handful of known functions of ``torch.utils.checkpoint``, and keep the region's state in one of
 their local variables (the autograd context ``ctx`` in reentrant mode; the ``_CheckpointFrame``
 in non-reentrant mode). :func:`checkpoint_regions` walks the Python call stack from the caller
 outwards, compares each frame's code object with those functions, and returns the region
-objects it passes, innermost first, each marked as a first forward or a recomputation.
+objects it passes, innermost first, each marked as a first forward or a recomputation. If this
+torch's layout of ``torch.utils.checkpoint`` is not the one expected, a call with no frame of
+that module on its stack (plain training, MC dropout under ``no_grad``) still runs: only a call
+inside a checkpoint region is refused.
 """
 
 from __future__ import annotations
@@ -38,9 +48,16 @@ __all__ = [
     "function_apply",
     "functorch_active",
     "tracing_state",
+    "softmax_backward",
+    "BATCH_NORM_TYPES",
+    "parameter_slots",
+    "buffer_slots",
+    "child_slots",
+    "ddp_ignore_buffers",
 ]
 
 FORWARD, RECOMPUTE = "forward", "recompute"
+_CHECKPOINT_MODULE = "torch.utils.checkpoint"
 
 _errors: dict[str, str] = {}
 
@@ -109,9 +126,18 @@ def _checkpoint_codes() -> dict[Any, tuple[str, str, str | None]]:
     return codes
 
 
-_CODES: dict[Any, tuple[str, str, str | None]] = (
-    _probe("torch.utils.checkpoint layout", _checkpoint_codes) or {}
-)
+_LAYOUT = "torch.utils.checkpoint layout"
+_CODES: dict[Any, tuple[str, str, str | None]] = {}
+
+
+def _probe_checkpoint_layout() -> None:
+    """Find the checkpoint functions of this torch (again: tests simulate a torch without them)."""
+    global _CODES
+    _errors.pop(_LAYOUT, None)
+    _CODES = _probe(_LAYOUT, _checkpoint_codes) or {}
+
+
+_probe_checkpoint_layout()
 
 
 def probe_errors() -> dict[str, str]:
@@ -141,9 +167,13 @@ def checkpoint_regions() -> list[tuple[str, object]]:
     calls see the same one). A region re-entered while an outer one is recomputed shows up
     as a FORWARD entry inside a RECOMPUTE entry.
     """
-    require("torch.utils.checkpoint layout", "checkpoint replay of dropkit layers")
-    found = []
     frame = sys._getframe(1)
+    if not _CODES:
+        # This torch's checkpoint layout is unknown: refuse inside a region, and only there.
+        if _in_checkpoint(frame):
+            require(_LAYOUT, "a dropkit layer inside torch.utils.checkpoint (its masks replayed exactly)")
+        return []
+    found = []
     while frame is not None:
         entry = _CODES.get(frame.f_code)
         if entry is not None:
@@ -164,6 +194,18 @@ def checkpoint_regions() -> list[tuple[str, object]]:
     return found
 
 
+def _in_checkpoint(frame: Any) -> bool:
+    """Whether a function of torch.utils.checkpoint is on the stack from ``frame`` outwards, or
+    its pack hook is the active saved-tensor hook: module names only, no layout assumed."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_CHECKPOINT_MODULE):
+            return True
+        frame = frame.f_back
+    hooks = _top_hooks(False) if _top_hooks is not None else None
+    pack = hooks[0] if isinstance(hooks, tuple) and hooks else None
+    return getattr(pack, "__module__", None) == _CHECKPOINT_MODULE
+
+
 def _hooked_region() -> object | None:
     hooks = _top_hooks(False) if _top_hooks is not None else None
     pack = hooks[0] if hooks else None
@@ -172,3 +214,65 @@ def _hooked_region() -> object | None:
     cells = dict(zip(pack.__code__.co_freevars, pack.__closure__ or (), strict=False))
     cell = cells.get("frame")
     return cell.cell_contents if cell is not None else None
+
+
+# --- private names outside torch._C ------------------------------------------------------------
+
+_softmax_backward_data = _probe("softmax backward", lambda: torch._softmax_backward_data)
+
+
+def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient of ``softmax`` at its output ``probs``, given the output's gradient ``grad``.
+
+    ``probs * (grad - (grad * probs).sum(dim))``, by torch's own kernel (the one autograd uses
+    for ``torch.softmax``, so the result matches it bit for bit) where this torch has it, by
+    that formula otherwise.
+
+    Example:
+        >>> p = torch.softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
+        >>> g = torch.tensor([[1.0, 0.0, 0.0]])
+        >>> torch.allclose(softmax_backward(g, p, -1), p * (g - (g * p).sum(-1, keepdim=True)))
+        True
+    """
+    if _softmax_backward_data is not None:
+        return _softmax_backward_data(grad, probs, dim, probs.dtype)
+    return probs * (grad - (grad * probs).sum(dim, keepdim=True))
+
+
+# Every batch-norm layer of torch.nn (and of libraries that subclass torch's base class); a torch
+# without the private base gets the public classes.
+_batch_norm_base = _probe("batch-norm base class", lambda: torch.nn.modules.batchnorm._BatchNorm)
+BATCH_NORM_TYPES: tuple[type, ...] = (_batch_norm_base,) if _batch_norm_base is not None else (
+    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+)
+
+
+def parameter_slots(module: torch.nn.Module) -> dict[str, Any]:
+    """The dict in which ``module`` keeps its own parameters (name -> Parameter or None).
+
+    A write here replaces a parameter as it is, without ``nn.Module.__setattr__``'s checks and
+    registration hooks (model surgery that hands one module another's Parameter objects).
+    """
+    return module._parameters
+
+
+def buffer_slots(module: torch.nn.Module) -> dict[str, Any]:
+    """The dict in which ``module`` keeps its own buffers (name -> Tensor or None)."""
+    return module._buffers
+
+
+def child_slots(module: torch.nn.Module) -> dict[str, Any]:
+    """The dict in which ``module`` keeps its children; ``.get(name)`` is a child or None,
+    never an attribute of another kind that happens to have that name."""
+    return module._modules
+
+
+def ddp_ignore_buffers(model: torch.nn.Module, names: list[str]) -> None:
+    """Add ``names`` (full buffer names) to those ``DistributedDataParallel`` neither broadcasts
+    nor syncs for ``model``; the names already listed stay."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, ignored + [n for n in names if n not in ignored]
+    )

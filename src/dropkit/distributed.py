@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from dropkit import _torch
 from dropkit.layers._base import StreamModule
 from dropkit.rng import check_seed, derive_seed, seed_to_signed
 
@@ -183,10 +183,7 @@ def seed_model(
     # DDP copies rank 0's buffers to every rank when it wraps the model and, by default, before
     # every forward; that would hand every rank rank 0's seed. Stream buffers are per-rank state.
     stream_buffers = [f"{n}.{b}" if n else b for n in seeds for b in ("seed", "offset")]
-    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        model, ignored + [b for b in stream_buffers if b not in ignored]
-    )
+    _torch.ddp_ignore_buffers(model, stream_buffers)
     return seeds
 
 
@@ -195,7 +192,7 @@ def _set_stream(module: StreamModule, seed: int) -> None:
     tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
     device = tensors[0].device if tensors else torch.device("cpu")
     for name in ("seed", "offset"):
-        if name not in module._buffers:
+        if name not in _torch.buffer_slots(module):
             delattr(module, name)
     module.register_buffer("seed", torch.tensor(seed_to_signed(seed), dtype=torch.int64, device=device))
     module.register_buffer("offset", torch.zeros((), dtype=torch.int64, device=device))

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dropkit import _torch
 from dropkit._attention_patch import (
     hf_dropout_child,
     hook_timm,
@@ -219,8 +220,9 @@ def _build_attention(cls: type, module: nn.MultiheadAttention, seed: int | None)
         add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
         vdim=module.vdim, batch_first=module.batch_first, device="meta", seed=seed,
     )
-    for key in new._parameters:
-        new._parameters[key] = module._parameters[key]
+    new_slots, old_slots = _torch.parameter_slots(new), _torch.parameter_slots(module)
+    for key in new_slots:
+        new_slots[key] = old_slots[key]
     new.out_proj = module.out_proj
     return new
 

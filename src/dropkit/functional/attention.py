@@ -21,7 +21,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from dropkit import ops
+from dropkit import _torch, ops
 from dropkit.functional._checks import check_p, open_stream
 from dropkit.rng import keep_threshold
 
@@ -141,7 +141,7 @@ class _Attention(torch.autograd.Function):
         grad_dropped = torch.bmm(grad_out, v.transpose(1, 2))
         grad_probs = _drop_grad(grad_dropped, saved, seed, offset, threshold, drop_scale, "bits")
         del grad_dropped
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_scores = _torch.softmax_backward(grad_probs, probs, -1)
         del grad_probs
         if ctx.mask_shape is not None:
             grad_mask = grad_scores.view(ctx.shape).sum_to_size(ctx.mask_shape)

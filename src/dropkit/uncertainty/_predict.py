@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from dropkit import _torch
 from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
 from dropkit.rng import check_seed
 from dropkit.uncertainty._streams import StreamOverride
@@ -119,7 +120,7 @@ def _warn_train_mode_norms(model: nn.Module) -> None:
     norms = [
         name
         for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        if isinstance(m, _torch.BATCH_NORM_TYPES) and m.training and m.track_running_stats
     ]
     if norms:
         warnings.warn(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dropkit import _torch
 from dropkit.functional._checks import check_dims
 from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
 from dropkit.rng import derive_seed, seed_to_signed
@@ -103,13 +104,15 @@ class StreamOverride:
 
 
 def _read(module: nn.Module, name: str) -> object:
-    return module._buffers[name] if name in module._buffers else module.__dict__.get(name)
+    buffers = _torch.buffer_slots(module)
+    return buffers[name] if name in buffers else module.__dict__.get(name)
 
 
 def _assign(module: nn.Module, name: str, value: object) -> None:
     # A seeded layer keeps seed/offset as buffers (the state_dict entries); an unseeded one as
     # plain None attributes. Either way the original object is put back on restore.
-    if name in module._buffers:
-        module._buffers[name] = value  # type: ignore[assignment]
+    buffers = _torch.buffer_slots(module)
+    if name in buffers:
+        buffers[name] = value
     else:
         object.__setattr__(module, name, value)

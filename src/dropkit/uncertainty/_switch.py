@@ -18,6 +18,7 @@ from types import TracebackType
 
 from torch import nn
 
+from dropkit import _torch
 from dropkit._attention_patch import HF_STATE, TIMM_STATE
 from dropkit._select import TORCH_DROPOUTS
 from dropkit.layers import GaussianNoise, StreamModule
@@ -83,7 +84,7 @@ def _reads_child_rate(module: nn.Module) -> bool:
     """Whether forward passes a dropout child's rate to a function instead of calling the child."""
     source = _forward_source(type(module))
     for child in set(_RATE_READ.findall(source)):
-        sub = module._modules.get(child)
+        sub = _torch.child_slots(module).get(child)
         if sub is not None and f"self.{child}(" not in source and getattr(sub, "p", 0) != 0:
             return True
     return False

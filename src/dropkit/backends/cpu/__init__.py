@@ -5,6 +5,11 @@ the comparison with the threshold and the operation in one pass. It matches
 :mod:`dropkit.backends.reference` bit for bit; what it provides to :mod:`dropkit.ops` is
 declared in :mod:`dropkit.backends.contract`. Stream positions arrive as Python ints.
 
+The SIMD path is chosen at run time (AVX-512, AVX2, NEON or portable C); ``DROPKIT_CPU_ISA`` =
+``scalar`` | ``avx2`` | ``avx512`` | ``neon`` (read at import) or :func:`set_isa` forces one. Calls run
+on ``torch.get_num_threads()`` threads, with the GIL released while the kernel runs (ctypes
+releases it around foreign calls).
+
 The parts:
 
 * :mod:`._native`: loading the library, the SIMD path (``DROPKIT_CPU_ISA``, :func:`set_isa`),
