@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         FeatureAlphaDropout,
         GaussianDropout,
         GaussianNoise,
+        LayerDrop,
         LockedDropout,
         MultiheadAttention,
         StochasticDepth,
@@ -63,6 +64,7 @@ __all__ = [
     "functional",
     "GaussianDropout",
     "GaussianNoise",
+    "LayerDrop",
     "LockedDropout",
     "MultiheadAttention",
     "patch",
@@ -89,6 +91,7 @@ _HOMES = {
                      "FeatureAlphaDropout", "GaussianDropout", "GaussianNoise", "LockedDropout",
                      "MultiheadAttention", "StochasticDepth", "StreamModule", "WeightDrop",
                      "concrete_regularization"), "dropkit.layers"),
+    "LayerDrop": "dropkit.layers",
     **dict.fromkeys(("STREAM_VERSION", "philox4x32"), "dropkit.rng"),
 }
 
