@@ -70,14 +70,96 @@ def test_curriculum_dropout_follows_morerio_keep_probability():
     assert rates[0] == [0.0] and rates[-1][0] == pytest.approx(0.5, abs=1e-3)
 
 
-def test_depth_scaling_linear_rule():
+def test_depth_scaling_per_module_linear_rule():
     model = net(0.0, 0.0, 0.0, 0.0, 0.0)
-    assert run(model, DepthScaling(model, p=0.4), 2) == [[0.0, 0.1, 0.2, 0.3, 0.4]] * 2
+    schedule = DepthScaling(model, p=0.4, per="module", include=nn.Dropout)
+    assert run(model, schedule, 2) == [[0.0, 0.1, 0.2, 0.3, 0.4]] * 2
     model = net(0.0, 0.0, 0.0, 0.0)
     # Huang et al.: p_l = l / L * p_L for l = 1..L.
-    assert run(model, DepthScaling(model, p=0.4, start_at_zero=False), 1) == [[0.1, 0.2, 0.3, 0.4]]
+    schedule = DepthScaling(model, p=0.4, start_at_zero=False, per="module", include=nn.Dropout)
+    assert run(model, schedule, 1) == [[0.1, 0.2, 0.3, 0.4]]
     single = net(0.0)
-    assert DepthScaling(single, p=0.3).get_last_rate() == [0.3]
+    assert DepthScaling(single, p=0.3, per="module", include=nn.Dropout).get_last_rate() == [0.3]
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block as timm writes it: two residual branches, two drop paths."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.attn, self.attn_drop, self.mlp = nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 4)
+        # timm builds an Identity where the block's rate is 0.
+        self.drop_path1 = dropkit.DropPath(rate) if rate > 0 else nn.Identity()
+        self.drop_path2 = dropkit.DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class Stage(nn.Module):
+    def __init__(self, rates):
+        super().__init__()
+        self.blocks = nn.Sequential(*[Block(r) for r in rates])
+
+
+def test_depth_scaling_one_rate_per_block_as_timm():
+    depth, p = 7, 0.3
+    model = nn.Module()
+    model.blocks = nn.ModuleList([Block(0.05) for _ in range(depth)])
+    model.blocks[0] = Block(0.0)
+    schedule = DepthScaling(model, p=p)
+    # The residual drop paths only (attention dropout untouched), both of block i at p * i / (B - 1).
+    assert schedule.names == [f"blocks.{i}.drop_path{k}" for i in range(1, depth) for k in (1, 2)]
+    for i in range(1, depth):
+        for k in (1, 2):
+            rate = getattr(model.blocks[i], f"drop_path{k}").p
+            assert rate == pytest.approx(p * i / (depth - 1), abs=1e-15)
+        assert model.blocks[i].attn_drop.p == 0.1
+    # The paper's rule: p * (i + 1) / B.
+    DepthScaling(model, p=p, start_at_zero=False)
+    assert model.blocks[6].drop_path1.p == pytest.approx(p)
+    assert model.blocks[1].drop_path2.p == pytest.approx(p * 2 / 7)
+
+
+def test_depth_scaling_counts_blocks_across_stages():
+    depths, p = (2, 2, 6, 2), 0.4
+    model = nn.Module()
+    model.layers = nn.ModuleList([Stage([0.1] * d) for d in depths])
+    model.layers[0].blocks[0] = Block(0.0)
+    DepthScaling(model, p=p)
+    total = sum(depths)
+    i = 0
+    for s, d in enumerate(depths):
+        for j in range(d):
+            expected = p * i / (total - 1)
+            block = model.layers[s].blocks[j]
+            if i:
+                assert block.drop_path1.p == pytest.approx(expected) == block.drop_path2.p
+            i += 1
+
+
+def test_depth_scaling_selected_dropouts_of_a_transformer_encoder():
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1)
+    model = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+    schedule = DepthScaling(model, p=0.3, include=nn.Dropout)
+    assert len(schedule.names) == 9
+    for i in range(3):
+        rates = [model.layers[i].dropout.p, model.layers[i].dropout1.p, model.layers[i].dropout2.p]
+        assert rates == [pytest.approx(0.15 * i)] * 3
+        assert model.layers[i].self_attn.dropout == 0.1  # attention dropout is not a selected layer
+
+
+def test_depth_scaling_named_blocks_and_bad_options():
+    model = nn.Sequential(nn.Linear(2, 2), dropkit.DropPath(0.1), dropkit.DropPath(0.1))
+    # Numbered containers: the root's three elements are the blocks.
+    assert DepthScaling(model, p=0.4).get_last_rate() == [pytest.approx(0.2), pytest.approx(0.4)]
+    assert DepthScaling(model, p=0.4, blocks=["1", "2"]).get_last_rate() == [0.0, pytest.approx(0.4)]
+    assert DepthScaling(model, p=0.4, blocks="[12]").get_last_rate() == [0.0, pytest.approx(0.4)]
+    with pytest.raises(ValueError, match="'cube'"):
+        DepthScaling(model, p=0.4, per="cube")
+    with pytest.raises(ValueError, match="per='module'"):
+        DepthScaling(model, p=0.4, per="module", blocks="1")
+    with pytest.raises(ValueError, match="nope"):
+        DepthScaling(model, p=0.4, blocks=["nope"])
+    with pytest.raises(ValueError, match="no dropout-family module"):
+        DepthScaling(net(0.1), p=0.4)  # no drop path: the default selection is empty
 
 
 def test_include_filter_and_dropkit_layers():

@@ -2,14 +2,20 @@
 
 Shared by :mod:`dropkit.patch` and :mod:`dropkit.schedules`. A module belongs to the family if
 it is one of torch.nn's dropout classes, one of dropkit's stochastic layers with a float rate,
-timm's ``DropPath`` or torchvision's ``StochasticDepth``, ``DropBlock2d`` and ``DropBlock3d``.
-The third-party classes are looked up in ``sys.modules`` only: a model that contains one has
-already imported its library, and a model that does not never pays for importing it.
+timm's ``DropPath``, torchvision's ``StochasticDepth``, ``DropBlock2d`` and ``DropBlock3d``, or
+a per-sample drop path of the ``drop_prob`` pattern (see :func:`is_drop_prob_path`: Hugging
+Face's ``ConvNextDropPath``, ``SwinDropPath``, ``BeitDropPath``, ``Dinov2DropPath`` and the
+other ``*DropPath`` classes of transformers). The third-party classes are looked up in
+``sys.modules`` only: a model that contains one has already imported its library, and a model
+that does not never pays for importing it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -51,6 +57,58 @@ def third_party_classes() -> list[tuple[type, str]]:
     return found
 
 
+# The per-sample drop path formula, with whitespace removed: keep_prob = 1 - drop_prob, one draw
+# per sample (shape (N, 1, ..., 1)), floor(u + keep_prob) as the keep mask, division by keep_prob.
+_DROP_PROB_PATH = (
+    re.compile(r"keep_prob=1-(?:self\.)?drop_prob"),
+    re.compile(r"\(\w+\.shape\[0\],\)\+\(1,\)\*\(\w+\.(?:ndim|dim\(\))-1\)"),
+    re.compile(r"torch\.rand\("),
+    re.compile(r"floor\w*\((?:\w+\+keep_prob)?\)"),
+    re.compile(r"(?:\.div\(keep_prob\)|/keep_prob)"),
+)
+_CALLS_DROP_PATH = re.compile(r"\bdrop_path\(\w+,self\.drop_prob,self\.training\)")
+
+
+def _source(obj: object) -> str:
+    try:
+        return re.sub(r"\s+", "", inspect.getsource(obj))
+    except (OSError, TypeError):
+        return ""
+
+
+@functools.lru_cache(maxsize=256)
+def is_drop_prob_path(cls: type) -> bool:
+    """Whether ``cls`` is a per-sample drop path of the ``drop_prob`` pattern.
+
+    That is: its ``forward`` reads ``self.drop_prob`` and either computes, or calls a function
+    ``drop_path`` of its own module that computes, ``x.div(keep_prob) * floor(u + keep_prob)``
+    with one uniform ``u`` per sample and ``keep_prob = 1 - drop_prob`` (the formula of
+    :func:`dropkit.functional.drop_path` with ``scale_by_keep=True``). Hugging Face's
+    ``*DropPath`` classes follow it; the check reads the source, so a class that only shares the
+    name is not taken.
+
+    Example:
+        >>> is_drop_prob_path(nn.Dropout)
+        False
+    """
+    forward = _source(getattr(cls, "forward", None))
+    if "self.drop_prob" not in forward or "scale_by_keep" in forward:
+        return False
+    body = forward
+    if _CALLS_DROP_PATH.search(forward):
+        helper = getattr(sys.modules.get(cls.__module__), "drop_path", None)
+        body = _source(helper) if callable(helper) else ""
+    return all(pattern.search(body) for pattern in _DROP_PROB_PATH)
+
+
+def drop_prob_path(module: nn.Module) -> bool:
+    """Whether ``module`` is a drop path of the ``drop_prob`` pattern with a float rate."""
+    rate = module.__dict__.get("drop_prob")
+    if not isinstance(rate, float) or isinstance(module, StreamModule):
+        return False
+    return is_drop_prob_path(type(module))
+
+
 def rate_attr(module: nn.Module) -> str | None:
     """The name of the attribute holding ``module``'s drop rate, or None if it is not in the family."""
     if isinstance(module, TORCH_DROPOUTS):
@@ -61,6 +119,8 @@ def rate_attr(module: nn.Module) -> str | None:
     for cls, attr in third_party_classes():
         if isinstance(module, cls):
             return attr
+    if drop_prob_path(module):
+        return "drop_prob"
     return None
 
 

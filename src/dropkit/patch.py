@@ -41,6 +41,7 @@ from dropkit._select import (
     TORCH_DROPOUTS,
     ModuleFilter,
     check_filter,
+    drop_prob_path,
     family_modules,
     get_rate,
     matches,
@@ -182,6 +183,9 @@ def _target(module: nn.Module) -> tuple[str, str, dict[str, str]] | None:
         if type(module) is cls:
             name, extras = _THIRD_PARTY_TO_DROPKIT[cls.__name__]
             return name, attr, extras
+    if drop_prob_path(module):
+        # Hugging Face's *DropPath classes: per sample, scaled by 1 / keep_prob (DropPath's defaults).
+        return "DropPath", "drop_prob", {}
     return None
 
 
@@ -259,13 +263,45 @@ def _scan(name: str, module: nn.Module) -> list[Unreplaced]:
                     )
                 )
     source = _forward_source(type(module))
+    fields = _config_fields(type(module))
     for attr, value in vars(module).items():
         # A rate counts only if forward reads it (timm's ConvNeXt keeps drop_rate after building
         # its dropout module from it) and it is not 0 (no randomness to report).
         used = not source or re.search(rf"\bself\.{attr}\b", source) is not None
         if "drop" in attr and isinstance(value, float) and not attr.startswith("_") and value != 0 and used:
-            found.append(Unreplaced(name, kind, f"dropout rate stored as a float attribute {attr}={value}"))
+            field = fields.get(attr)
+            found.append(Unreplaced(name, kind, _float_rate_reason(f"{attr}={value}", attr, field)))
+    config = getattr(module, "config", None)
+    for field in sorted(set(_CONFIG_READ.findall(source))):
+        value = getattr(config, field, None)
+        if isinstance(value, float) and value != 0:
+            found.append(Unreplaced(name, kind, _float_rate_reason(f"config.{field}={value}", field, None)))
     return found
+
+
+# ``self.<attr> = config.<field>`` in an ``__init__`` (Hugging Face's way of keeping a rate).
+_CONFIG_FIELD = re.compile(r"\bself\.(\w+)\s*=\s*config\.(\w+)\s*$", re.MULTILINE)
+# ``self.config.<field>`` read in a ``forward`` (wav2vec2's ``self.config.layerdrop``).
+_CONFIG_READ = re.compile(r"\bself\.config\.(\w*drop\w*)\b")
+
+
+@functools.lru_cache(maxsize=256)
+def _config_fields(cls: type) -> dict[str, str]:
+    """Attribute -> config field for the ``self.<attr> = config.<field>`` lines of ``cls.__init__``."""
+    try:
+        source = inspect.getsource(cls.__init__)
+    except (OSError, TypeError):
+        return {}
+    return dict(_CONFIG_FIELD.findall(source))
+
+
+def _float_rate_reason(where: str, attr: str, field: str | None) -> str:
+    """Why a rate kept as a float cannot be replaced, naming the config field that sets it."""
+    origin = f", set by config.{field}," if field else ""
+    if "layerdrop" in attr:
+        return (f"forward skips whole layers with probability {where}{origin} (LayerDrop) drawn from "
+                "torch's generator; dropkit.LayerDrop does this on a stream for stacks of one's own")
+    return f"dropout rate stored as a float attribute {where}{origin}"
 
 
 def patch(

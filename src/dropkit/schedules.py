@@ -22,18 +22,27 @@ Schedules:
   probability ``theta(t) = (1 - theta_bar) exp(-gamma t) + theta_bar``, so with
   ``theta_bar = 1 - p`` the rate is ``p(t) = p (1 - exp(-gamma t))``.
 * :class:`DepthScaling`: stochastic depth's linear rule (Huang et al., "Deep Networks with
-  Stochastic Depth", ECCV 2016): layer ``i`` of ``L`` gets ``p * i / (L - 1)``.
+  Stochastic Depth", ECCV 2016): every drop path in block ``i`` of ``B`` gets ``p * i / (B - 1)``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from dropkit._select import ModuleFilter, family_modules, get_rate, set_rate
+from dropkit._select import (
+    ModuleFilter,
+    drop_prob_path,
+    family_modules,
+    get_rate,
+    set_rate,
+    third_party_classes,
+)
 from dropkit.functional._checks import check_p
 
 __all__ = [
@@ -289,21 +298,49 @@ class CurriculumDropout(RateSchedule):
 
 
 class DepthScaling(RateSchedule):
-    """Stochastic depth's linear decay rule: deeper layers drop more.
+    """Stochastic depth's rule: one rate per block, growing linearly with the block's depth.
 
-    With the ``L`` driven layers in registration order (``i = 0 .. L-1``), layer ``i`` gets
-    ``p * i / (L - 1)`` (the first layer 0, the last ``p``; one layer gets ``p``). With
-    ``start_at_zero=False`` it gets ``p * (i + 1) / L`` instead, Huang et al.'s ``p_l = l / L * p_L``
-    for ``l = 1 .. L`` ("Deep Networks with Stochastic Depth", ECCV 2016). The rates do not
-    change with the step.
+    Huang et al., "Deep Networks with Stochastic Depth" (ECCV 2016), and timm's
+    ``drop_path_rate``: with the model's ``B`` residual blocks in order (``i = 0 .. B-1``, across
+    stages), every driven layer inside block ``i`` gets ``p * i / (B - 1)`` (timm's
+    ``linspace(0, p, B)``; one block gets ``p``), or ``p * (i + 1) / B`` with
+    ``start_at_zero=False`` (the paper's ``p_l = l / L * p_L`` for ``l = 1 .. L``). The rates do
+    not change with the step.
+
+    The driven layers are the residual drop paths by default (dropkit's ``DropPath`` and
+    ``StochasticDepth``, timm's ``DropPath``, torchvision's ``StochasticDepth`` and Hugging
+    Face's ``*DropPath``); ``include`` selects others. A layer's block is the element of a
+    numbered container (``nn.Sequential``, ``nn.ModuleList``) that holds it, the deepest one
+    on its path (``blocks.3`` for ``blocks.3.drop_path1``; ``layers.1.blocks.0`` in a staged
+    model), and every element of such a container counts in the depth, whether or not it has a
+    driven layer (timm puts an ``Identity`` where the rate is 0). ``blocks`` names the blocks
+    instead (a glob on qualified names, or a list of names). ``per="module"`` gives each driven
+    layer its own rate in registration order: ``p * j / (L - 1)`` over the ``L`` layers.
+
+    Args:
+        model: the model.
+        p: the rate of the deepest block, in [0, 1].
+        start_at_zero: timm's linspace (True) or the paper's rule (False).
+        per: "block" (default) or "module".
+        blocks: the blocks, as a glob or a list of qualified names (``per="block"`` only).
+        include: which layers to drive (default: the residual drop paths).
 
     Shape:
         Not applicable.
 
     Example:
-        >>> net = nn.Sequential(*[nn.Dropout(0.0) for _ in range(5)])
-        >>> [round(p, 4) for p in DepthScaling(net, p=0.2).get_last_rate()]
-        [0.0, 0.05, 0.1, 0.15, 0.2]
+        >>> import dropkit
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attn, self.mlp = nn.Linear(4, 4), nn.Linear(4, 4)
+        ...         self.drop_path1, self.drop_path2 = dropkit.DropPath(), dropkit.DropPath()
+        >>> net = nn.Sequential(*[Block() for _ in range(5)])
+        >>> schedule = DepthScaling(net, p=0.2)
+        >>> [(name, round(p, 4)) for name, p in zip(schedule.names, schedule.get_last_rate())][:4]
+        [('0.drop_path1', 0.0), ('0.drop_path2', 0.0), ('1.drop_path1', 0.05), ('1.drop_path2', 0.05)]
+        >>> round(net[4].drop_path2.p, 4)
+        0.2
     """
 
     def __init__(
@@ -312,14 +349,83 @@ class DepthScaling(RateSchedule):
         p: float,
         *,
         start_at_zero: bool = True,
+        per: str = "block",
+        blocks: str | Sequence[str] | None = None,
         include: ModuleFilter | None = None,
     ) -> None:
         self.p = check_p(p)
         self.start_at_zero = bool(start_at_zero)
+        if per not in ("block", "module"):
+            raise ValueError(f"per must be 'block' or 'module', got {per!r}")
+        if blocks is not None and per != "block":
+            raise ValueError(f"blocks={blocks!r} needs per='block', got per={per!r}")
+        self.per = per
+        if include is None:
+            include = _residual_drop_path
         super().__init__(model, include=include)
+        if per == "module":
+            self.depths = list(range(len(self.names)))
+            self.block_count = len(self.names)
+        else:
+            self.depths, self.block_count = _block_depths(model, self.names, blocks)
+        self._apply()
 
     def rates_at(self, step: int) -> list[float]:
-        count = len(self.base_rates)
+        if not hasattr(self, "depths"):  # the base class applies rates before the blocks are known
+            return list(self.base_rates)
+        count = self.block_count
         if self.start_at_zero:
-            return [self.p * i / (count - 1) if count > 1 else self.p for i in range(count)]
-        return [self.p * (i + 1) / count for i in range(count)]
+            return [self.p * i / (count - 1) if count > 1 else self.p for i in self.depths]
+        return [self.p * (i + 1) / count for i in self.depths]
+
+
+def _residual_drop_path(name: str, module: nn.Module) -> bool:
+    """The default selection of :class:`DepthScaling`: residual-branch drop paths."""
+    from dropkit.layers import DropPath
+
+    if isinstance(module, DropPath) or drop_prob_path(module):
+        return True
+    return any(isinstance(module, cls) and cls.__name__ in ("DropPath", "StochasticDepth")
+               for cls, _ in third_party_classes())
+
+
+def _block_of(name: str) -> tuple[str, str] | None:
+    """``(container, block)`` names for the deepest numbered element on ``name``'s path."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isdigit():
+            return ".".join(parts[:i]), ".".join(parts[: i + 1])
+    return None
+
+
+def _block_depths(
+    model: nn.Module, names: list[str], blocks: str | Sequence[str] | None
+) -> tuple[list[int], int]:
+    """The block index of each driven layer and the number of blocks (see :class:`DepthScaling`)."""
+    order = [n for n, _ in model.named_modules()]
+    if blocks is not None:
+        chosen = list(blocks) if not isinstance(blocks, str) else [
+            n for n in order if fnmatch.fnmatchcase(n, blocks)]
+        unknown = [b for b in chosen if b not in order]
+        if unknown or not chosen:
+            raise ValueError(f"blocks must name modules of the model, got {blocks!r}")
+        block_names = set(chosen)
+    else:
+        block_names = set()
+        for name in names:
+            found = _block_of(name)
+            if found is None:
+                block_names.add(name)  # outside any numbered container: a block of its own
+                continue
+            container = model.get_submodule(found[0])
+            prefix = f"{found[0]}." if found[0] else ""
+            block_names.update(prefix + child for child, _ in container.named_children())
+    ordered = [n for n in order if n in block_names]
+    index = {n: i for i, n in enumerate(ordered)}
+    depths = []
+    for name in names:
+        owners = [b for b in ordered if name == b or name.startswith(b + ".")]
+        if not owners:
+            raise ValueError(f"{name} is in none of the blocks {ordered}")
+        depths.append(index[max(owners, key=len)])
+    return depths, len(ordered)

@@ -7,6 +7,7 @@ from dropkit.layers.concrete import ConcreteDropout, concrete_regularization
 from dropkit.layers.dropblock import DropBlock2d, DropBlock3d
 from dropkit.layers.dropout import Dropout
 from dropkit.layers.droppath import DropPath, StochasticDepth
+from dropkit.layers.layerdrop import LayerDrop
 from dropkit.layers.noise import GaussianDropout, GaussianNoise
 from dropkit.layers.sequence import EmbeddingDropout, LockedDropout
 from dropkit.layers.spatial import Dropout1d, Dropout2d, Dropout3d
@@ -28,6 +29,7 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "GaussianNoise",
+    "LayerDrop",
     "LockedDropout",
     "MultiheadAttention",
     "RateModule",
