@@ -37,6 +37,7 @@ from dropkit._attention_patch import (
     timm_dropout_child,
     unhook_timm,
 )
+from dropkit._hf_checkpoint import hide_streams, show_streams
 from dropkit._select import (
     TORCH_DROPOUTS,
     ModuleFilter,
@@ -322,7 +323,9 @@ def patch(
     several names is replaced by one shared module. Without ``seed`` the replacements draw fresh
     seeds from torch's generator, as torch's layers do, and add nothing to the ``state_dict``;
     with ``seed`` each one owns the stream ``derive_seed(seed, qualified_name)`` and adds
-    ``seed`` / ``offset`` buffers.
+    ``seed`` / ``offset`` buffers. A Hugging Face ``PreTrainedModel`` leaves those buffers out of
+    ``save_pretrained`` (and ``Trainer`` checkpoints), whose files stay plain transformers
+    checkpoints; see :mod:`dropkit.integrations.huggingface` for where the positions go.
 
     Args:
         model: the model to modify.
@@ -395,6 +398,7 @@ def patch(
                 name, type(child).__name__, kind, get_rate(holder), stream and stream["seed"], storage
             )
         )
+    hide_streams(model)
     if _target(model) is not None:
         report.unreplaced.append(
             Unreplaced("", type(model).__name__, "the root module cannot be replaced in place")
@@ -480,6 +484,7 @@ def unpatch(model: nn.Module) -> list[str]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     restored = []
+    show_streams(model)
     for name, child in list(model.named_modules(remove_duplicate=False)):
         restore_hf(child)
         unhook_timm(child)
