@@ -39,7 +39,8 @@ def test_readme_quick_start_runs(capsys):
     namespace = {}
     exec(compile(code, "README.md#quick-start", "exec"), namespace)
     printed = capsys.readouterr().out
-    assert "replaced 4 module(s)" in printed and "self_attn: MultiheadAttention" in printed
+    assert "replaced 4 module(s)" in printed
+    assert "self_attn: torch.nn.MultiheadAttention -> dropkit.MultiheadAttention" in printed
     layer = namespace["layer"]
     assert type(layer.dropout1) is namespace["nn"].Dropout  # unpatch put the original back
     assert namespace["y"].shape == (2, 10, 64)

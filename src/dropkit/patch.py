@@ -38,6 +38,7 @@ from dropkit._attention_patch import (
     unhook_timm,
 )
 from dropkit._hf_checkpoint import hide_streams, show_streams
+from dropkit._names import public_name
 from dropkit._select import (
     TORCH_DROPOUTS,
     ModuleFilter,
@@ -143,10 +144,13 @@ class Unreplaced:
 class PatchReport:
     """What :func:`patch` did: ``replaced`` modules and ``unreplaced`` dropout with the reason.
 
+    Classes are named with their modules, as they are imported (``torch.nn.Dropout``), so
+    that the report says what was replaced by what.
+
     Example:
         >>> print(patch(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))))
         replaced 1 module(s)
-          1: Dropout -> Dropout (p=0.5)
+          1: torch.nn.Dropout -> dropkit.Dropout (p=0.5)
     """
 
     replaced: list[Replacement] = field(default_factory=list)
@@ -154,11 +158,25 @@ class PatchReport:
 
     def __str__(self) -> str:
         lines = [f"replaced {len(self.replaced)} module(s)"]
-        lines += [f"  {r.name}: {r.original} -> {r.replacement} (p={r.p})" for r in self.replaced]
+        lines += [f"  {r.name}: {_source_name(r.original)} -> {_dropkit_name(r.replacement)} (p={r.p})"
+                  for r in self.replaced]
         if self.unreplaced:
             lines.append(f"not replaced: {len(self.unreplaced)}")
             lines += [f"  {u.name or '<root>'} ({u.type}): {u.reason}" for u in self.unreplaced]
         return "\n".join(lines)
+
+
+def _source_name(name: str) -> str:
+    """``torch.nn.Dropout`` for the class name ``Dropout`` of a module patch() replaces."""
+    for cls in (*TORCH_DROPOUTS, nn.MultiheadAttention, *(c for c, _ in third_party_classes())):
+        if cls.__name__ == name:
+            return public_name(cls)
+    return name
+
+
+def _dropkit_name(name: str) -> str:
+    cls = _dropkit_class(name)
+    return public_name(cls) if cls is not None else f"dropkit.{name}"
 
 
 def _dropkit_class(name: str) -> type | None:

@@ -26,7 +26,7 @@ TINY = ["--epochs", "2", "--seeds", "2", "--mc-samples", "4", "--hidden", "16", 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "dropkit", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+                          cwd=cwd, env=env, timeout=600)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -58,26 +58,56 @@ def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return " ".join(capsys.readouterr().out.split())
 
 
-def test_help_lists_every_option_with_its_default(capsys):
+def option_blocks(text: str) -> dict[str, str]:
+    """The help's option entries: first option string -> its whole entry, whitespace collapsed."""
+    blocks: dict[str, str] = {}
+    section = text.split("options:", 1)[1].split("\n\n", 1)[0]
+    for line in section.splitlines()[1:]:
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            blocks[name] = line
+        else:
+            blocks[name] += line
+    return {k: " ".join(v.split()) for k, v in blocks.items()}
+
+
+def test_help_lists_every_default_once_and_marks_the_required(capsys):
+    from dropkit.app.cli import _build_parser
+
     top = run("--help")
     assert top.returncode == 0
     for command in ("demo", "train", "predict", "bench"):
         assert command in top.stdout
-    for command, options in {
-        "demo": ["--train-size", "--p", "--input-p", "--hidden", "--epochs", "--batch-size", "--lr",
-                 "--seeds", "--seed", "--mc-samples", "--out", "--quiet", "--json", "--threads"],
-        "train": ["--data", "--target", "--task", "--val-fraction", "--save", "--p", "--epochs", "--out"],
-        "predict": ["--model", "--data", "--mc-samples", "--seed", "--output", "--json"],
-    }.items():
-        text = help_text(capsys, command)
-        for option in options:
-            assert option in text, (command, option)
-        # Every option line but --help and the required ones shows "(default: ...)"; an alias
-        # ("--p-input P, --input-p P") shares its option's line.
-        n_options = text.count(" --") - text.count("[--") - text.count(", --") - 1
-        assert text.count("(default:") >= n_options - sum(o in ("--data", "--model") for o in options)
-    assert "(default: [0.0, 0.2, 0.5])" in help_text(capsys, "demo")
-    assert "(default: [0.0, 0.1, 0.2, 0.3, 0.5])" in help_text(capsys, "train")
+    commands = _build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in ("demo", "train", "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "``" not in text and "`" not in text  # no markup
+        blocks = option_blocks(text)
+        for action in commands[command]._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            block = blocks[action.option_strings[0]]
+            assert block.count("default") <= 1 and "(default: None)" not in block, block
+            if action.required:
+                assert block.endswith("(required)"), block
+            elif action.default is not None and not isinstance(action.default, bool):
+                shown = action.default if not isinstance(action.default, list) else " ".join(
+                    f"{v:g}" for v in action.default)
+                assert f"(default: {shown:g})" in block if isinstance(shown, float) else (
+                    f"(default: {shown})" in block), block
+    demo, train = help_text(capsys, "demo"), help_text(capsys, "train")
+    assert "(default: 0 0.2 0.5)" in demo and "(default: 0 0.1 0.2 0.3 0.5)" in train
+    assert "two hidden layers of 256" in demo.split("options:")[0]  # what the default model is
+    for text in (demo, train):  # the defaults that differ are explained in both
+        assert "demo and train differ in their defaults" in text
+    predict = help_text(capsys, "predict")
+    for column in ("predictive_entropy", "mutual_information", "variance", "total_variance", "epistemic"):
+        assert column in predict
+    bench = help_text(capsys, "bench")
+    assert "(default: 4096 65536 1048576 16777216)" in bench and "tensor dtypes" in bench
 
 
 def test_demo_smoke_writes_files_and_is_deterministic(tmp_path, capsys):
@@ -202,8 +232,29 @@ def test_reading_follows_the_numbers():
     assert noisy.startswith("dropout does not clearly help test NLL: p=0.5") and "within 2 standard" in noisy
     worse = reading(_runs({0.0: [0.5, 0.6], 0.2: [0.7, 0.8]}, {0.0: [0.9, 0.9], 0.2: [0.8, 0.8]}),
                     "classification")
-    assert worse.startswith("dropout does not help test NLL here: p=0 has the lowest (0.550)")
-    assert "the best test accuracy is at p=0 (0.900)" in worse and "gap grows" in worse
+    assert "the best test accuracy is at p=0 (0.900 ±0.000)" in worse and "gap grows" in worse
+    assert worse.startswith("dropout does not help test NLL here: p=0 has the lowest (0.550 ±0.050)")
+    # Every statement carries a ±, the gap's included.
+    assert all("±" in part for part in worse.split("; ")), worse
+    # Paired differences -0.09, -0.11, -0.10: mean -0.1, standard error 0.01 / sqrt(3) = 0.006, and
+    # -0.1 / 0.7 = -14% of the baseline loss.
+    assert "paired difference -0.100 ±0.006 (-14%), beyond 2 standard errors" in helps
+    assert "gap shrinks from 0.150 at p=0 to 0.097 at p=0.5 (-0.053 ±0.003, beyond" in helps
+
+
+def test_reading_of_a_negative_baseline_has_a_sign_and_no_percentage():
+    # A regression's Gaussian NLL can be negative: -0.008 at p=0, about 0.010 lower at p=0.5. The
+    # difference is negative (better), and no share of a negative or near-zero base is given.
+    base, better = [-0.006, -0.008, -0.010], [-0.015, -0.019, -0.020]
+    runs = [RunResult(TrainConfig(p=p, seed=s), {"train_rmse": 0.5, "test_rmse": 1.0 - p / 10,
+                                               "gap": 0.5 - p / 10, "test_nll": nll[s], "mc_nll": nll[s]})
+            for p, nll in ((0.0, base), (0.5, better)) for s in range(3)]
+    text = reading(runs, "regression", "validation")
+    diffs = np.subtract(better, base)
+    expected = f"paired difference {diffs.mean():+.3f} ±{diffs.std(ddof=1) / math.sqrt(3):.3f}, beyond"
+    assert text.startswith("p=0.5 gives the lowest validation NLL (-0.018 vs -0.008 at p=0, ")
+    assert expected in text
+    assert "%" not in text and all("±" in part for part in text.split("; ")), text
 
 
 class Payload:

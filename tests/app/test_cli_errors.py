@@ -19,7 +19,7 @@ TINY = ["--epochs", "1", "--seeds", "1", "--mc-samples", "2", "--hidden", "8", "
 def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = ["-m", "dropkit", *args] if code is None else ["-c", code, *args]
-    return subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, timeout=600)
 
 
 def one_line(stderr: str) -> str:

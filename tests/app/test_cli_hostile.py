@@ -36,7 +36,7 @@ def command(*args: str) -> list[str]:
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "error"}  # a leaked RuntimeWarning would fail the run
     return subprocess.run(command(*args), capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)
+                          timeout=600)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

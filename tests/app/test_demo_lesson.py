@@ -160,7 +160,7 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dropkit", "demo", "--model", "guide-mlp", "--train-size", "60",
          "--p", "0", "0.5", "--epochs", "3", "--seeds", "3", "--mc-samples", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120)
+        capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
     lines = proc.stderr.splitlines()

@@ -179,12 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         dropkit bench: ...
         0
     """
-    parser = Parser(prog="dropkit bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=_positive, nargs="+", default=list(DEFAULT_SIZES),
+    from dropkit.app.cli import _Help
+
+    parser = Parser(
+        prog="dropkit bench", formatter_class=_Help,
+        description="Time dropkit's CPU dropout against torch's, side by side in one process: the "
+        "forward, forward+backward with mask_storage bits and seed, torch's eager and torch.compile'd "
+        "F.dropout and x.clone() (one read and one write, the memory floor), at p = 0.1; and the bytes "
+        "each keeps for backward. Prints one table; docs/performance.md records its results.")
+    parser.add_argument("--sizes", type=_positive, nargs="+", default=list(DEFAULT_SIZES), metavar="N",
                         help="element counts N")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(_DTYPES))
-    parser.add_argument("--repeat", type=_positive, default=None, help="timed calls per case")
-    parser.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads before timing")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(_DTYPES),
+                        metavar="DTYPE", help=f"tensor dtypes, among {', '.join(sorted(_DTYPES))}")
+    parser.add_argument("--repeat", type=_positive, default=None,
+                        help="timed calls per case (default: from 5 to 100, more for small N)")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch.set_num_threads before timing (default: torch's own choice)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     args = parser.parse_args(argv)
     if args.threads is not None:

@@ -36,6 +36,33 @@ DEMO_P_INPUT = 0.2
 DEMO_HIDDEN = {"mlp": 256, "guide-mlp": 128, "cnn": 128}
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's default once, as "(default: X)"; "(required)" on required options.
+
+    No default is shown where there is none (None), for on/off flags, or where the help text
+    already says it; the description and epilog keep their paragraphs.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return text + " (required)"
+        default = action.default
+        shown = not (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                     or "default" in text or not action.option_strings)
+        if shown:
+            value = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(
+                default, list) else (f"{default:g}" if isinstance(default, float) else str(default))
+            text += f" (default: {value})"
+        return text.replace("%", "%%")
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(super(_Help, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -103,9 +130,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no notes on stderr")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+def _add_output(parser: argparse.ArgumentParser, printed: str = "a table") -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress display and no notes on stderr")
+    parser.add_argument("--json", action="store_true", help=f"print the results as JSON instead of {printed}")
     parser.add_argument("--threads", type=_count("threads"), default=1,
                         help="torch CPU threads (small models run fastest on one; at most the CPU count)")
     parser.add_argument("--force", action="store_true",
@@ -127,16 +154,47 @@ def _add_sweep(parser: argparse.ArgumentParser, *, epochs: int, lr: float, grid:
     parser.add_argument("--seed", type=_seed, default=0, help="first seed; runs use seed, seed+1, ...")
     parser.add_argument("--mc-samples", type=_count("mc_samples"), default=30, help="MC-dropout passes T")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: ./dropkit-runs/<timestamp>/)")
+                        help="output folder (default: a new ./dropkit-runs/<timestamp>/)")
+
+
+# Said in both commands' help and in docs/cli.md: why demo and train start from different settings.
+DEFAULTS_DIFFER = (
+    "demo and train differ in their defaults on purpose. demo is set up to show overfitting and "
+    "its cure on 150 digits: a wide network (two hidden layers of 256), rates 0, 0.2 and 0.5 "
+    "with input dropout 0.2 (the rates of Srivastava et al., 2014), 60 epochs at learning rate "
+    "3e-3. train starts from a neutral setting for data it knows nothing about: the guide's MLP "
+    "(one hidden layer of 128), rates 0, 0.1, 0.2, 0.3 and 0.5, no input dropout, 100 epochs at "
+    "learning rate 1e-3. Every one of these can be set on either command."
+)
+
+PREDICT_COLUMNS = (
+    "Output columns, one row per input row, from T = --mc-samples passes with dropout on. "
+    "Classification: prediction, the class with the highest mean probability over the T "
+    "passes; confidence, that mean probability; predictive_entropy, the entropy of the mean "
+    "probabilities in nats (the total uncertainty); mutual_information, the predictive entropy "
+    "minus the mean entropy of the single passes (the part of it that comes from the model's own "
+    "uncertainty, epistemic; 0 for a model without dropout). "
+    "Regression: prediction, the mean of the T passes in target units; variance, the variance "
+    "of the T passes (the model's own uncertainty, epistemic, in squared target units; 0 for a "
+    "model without dropout); total_variance, variance plus the noise variance of the training "
+    "residuals (the predictive variance of a new observation: epistemic plus aleatoric)."
+)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from dropkit import __version__
+
+    fmt = _Help
     parser = Parser(prog="dropkit", description="Measure what dropout does to a model.", formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"dropkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    demo = sub.add_parser("demo", formatter_class=fmt, help="dropout sweep on scikit-learn's digits",
-                          description="Train the guide's MLP on a small subset of scikit-learn's digits for "
-                          "a grid of dropout rates and seeds; print and save what dropout changes.")
+    demo = sub.add_parser(
+        "demo", formatter_class=fmt, help="dropout sweep on scikit-learn's digits",
+        description="Train a network with two hidden layers of 256 (--model mlp, the default) on 150 of "
+        "scikit-learn's 1797 digits for a grid of dropout rates and seeds, and print and save what "
+        "dropout changes: accuracy, the train-test gap, test NLL, calibration and MC dropout. "
+        "--model guide-mlp is the guide's MLP (one hidden layer of 128), --model cnn the guide's CNN.",
+        epilog=DEFAULTS_DIFFER)
     demo.add_argument("--train-size", type=_count("train_size"), default=150,
                       help="training rows (the rest of the 1797 digits are the test set)")
     demo.add_argument("--model", choices=list(DEMO_HIDDEN), default="mlp",
@@ -146,29 +204,39 @@ def _build_parser() -> argparse.ArgumentParser:
                hidden_help="hidden width (default: "
                + ", ".join(f"{width} for {name}" for name, width in DEMO_HIDDEN.items()) + ")")
     _add_output(demo)
-    train = sub.add_parser("train", formatter_class=fmt, help="dropout sweep on your CSV or NPZ file",
-                           description="The demo's sweep on your data: a CSV with a header (--target "
-                           "names the label column) or an NPZ with arrays X and y.")
+    train = sub.add_parser(
+        "train", formatter_class=fmt, help="dropout sweep on your CSV or NPZ file",
+        description="The demo's sweep on your data, with the guide's MLP: a CSV with a header (--target "
+        "names the label column) or an NPZ with arrays X and y. The rows held out are validation rows: "
+        "they choose the rate that --save keeps.",
+        epilog=DEFAULTS_DIFFER)
     train.add_argument("--data", type=Path, required=True, help="a .csv or .npz file")
-    train.add_argument("--target", default=None, help="label column of a CSV")
+    train.add_argument("--target", default=None, help="label column of a CSV (required for a CSV)")
     train.add_argument("--task", choices=["classification", "regression"], default=None,
                        help="inferred from the target when unambiguous")
     train.add_argument("--val-fraction", type=_fraction, default=0.25,
                        help="share of rows held out (stratified) for validation")
     train.add_argument("--save", type=Path, default=None,
-                       help="write the model of the best p (lowest validation NLL, first seed) here")
+                       help="write one model here for dropkit predict: the first seed's run at the p with "
+                       "the lowest validation NLL, or at --save-p")
+    train.add_argument("--save-p", type=_rate, default=None, metavar="P",
+                       help="the rate whose model --save keeps (one of --p); for MC-dropout uncertainty "
+                       "choose a p > 0, as a p = 0 model has none")
     _add_sweep(train, epochs=100, lr=1e-3)
     _add_output(train)
-    predict = sub.add_parser("predict", formatter_class=fmt, help="MC-dropout predictions of a saved model",
-                             description="Per-row predictions with MC-dropout uncertainty: predictive "
-                             "entropy (classification) or variance (regression).")
-    predict.add_argument("--model", type=Path, required=True, help="a file written by `dropkit train --save`")
+    predict = sub.add_parser(
+        "predict", formatter_class=fmt, help="MC-dropout predictions of a saved model",
+        description="Per-row predictions of a model saved by dropkit train --save, with MC-dropout "
+        "uncertainty, as CSV on stdout or in --output (or JSON with --json).",
+        epilog=PREDICT_COLUMNS)
+    predict.add_argument("--model", type=Path, required=True, help="a file written by dropkit train --save")
     predict.add_argument("--data", type=Path, required=True, help="a .csv or .npz file with the features")
     predict.add_argument("--mc-samples", type=_count("mc_samples"), default=30, help="MC-dropout passes T")
     predict.add_argument("--seed", type=_seed, default=0, help="seed of the MC-dropout masks")
-    predict.add_argument("--output", type=Path, default=None, help="write a CSV here instead of printing")
-    _add_output(predict)
-    sub.add_parser("bench", add_help=False, help="the kernel benchmark (see dropkit bench --help)")
+    predict.add_argument("--output", type=Path, default=None,
+                         help="write the CSV here instead of printing it (complete or not at all)")
+    _add_output(predict, "CSV")
+    sub.add_parser("bench", add_help=False, help="the CPU kernel benchmark (see dropkit bench --help)")
     return parser
 
 
@@ -221,8 +289,12 @@ def _sweep(
 
 
 def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, task: str, info: dict,
-            out: Path, folder: Path) -> None:
-    """Write the figures and results into ``folder`` (the staged copy of ``out``) and print the summary."""
+            out: Path, folder: Path) -> str:
+    """Write the figures and results into ``folder`` (the staged copy of ``out``); return what to print.
+
+    Nothing is printed here: the caller prints once the files are published, so a reader that
+    closes the pipe early can never cost the results.
+    """
     from dropkit.app.plots import write_plots
     from dropkit.app.report import format_table, legend, reading, write_index_html, write_results
 
@@ -236,12 +308,9 @@ def _report(args: argparse.Namespace, results: list[RunResult], extra: dict, tas
     table = format_table(doc["summary"], task, held_out)  # type: ignore[arg-type]
     write_index_html(folder, _title(info), table, notes, text, files)
     if args.json:
-        print(json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2))
-    else:
-        print(table)
-        print(notes)
-        print(f"Reading: {text}")
-        print(f"Wrote {', '.join(files)}, results.json, results.csv and index.html to {out}")
+        return json.dumps({k: v for k, v in doc.items() if k != "runs"} | {"out": str(out)}, indent=2)
+    return "\n".join([table, notes, f"Reading: {text}",
+                      f"Wrote {', '.join(files)}, results.json, results.csv and index.html to {out}"])
 
 
 def _title(info: dict) -> str:
@@ -273,7 +342,8 @@ def _demo(args: argparse.Namespace) -> int:
                             model=args.model, one_scale=True)
     info = {"command": "demo", "data": "digits", "train_size": args.train_size, "model": args.model}
     with outputs.staged() as staged:
-        _report(args, results, extra, data.task, info, out, staged[out])
+        printed = _report(args, results, extra, data.task, info, out, staged[out])
+    print(printed)
     return 0
 
 
@@ -281,9 +351,13 @@ def _train(args: argparse.Namespace) -> int:
     from dropkit.app._io import Outputs
     from dropkit.app.checkpoint import save_model
     from dropkit.app.data import load_file, shape_note, stratified_split
-    from dropkit.app.report import summarize
 
     outputs = Outputs(inputs=[args.data], force=args.force)
+    if args.save_p is not None and args.save is None:
+        raise DataError("--save-p chooses the rate whose model --save keeps; give --save too")
+    if args.save_p is not None and args.save_p not in args.p:
+        raise DataError(f"--save-p {args.save_p:g} is not one of the rates trained (--p "
+                        f"{' '.join(f'{p:g}' for p in sorted(set(args.p)))})")
     out = outputs.folder(args.out or _default_out(), "--out")
     save = outputs.file(args.save, "--save") if args.save is not None else None
     data = load_file(args.data, args.target, args.task)
@@ -297,14 +371,30 @@ def _train(args: argparse.Namespace) -> int:
             "features": data.feature_names, "classes": data.classes, "val_fraction": args.val_fraction,
             "held_out": "validation"}
     with outputs.staged() as staged:
-        _report(args, results, extra, data.task, info, out, staged[out])
+        printed = _report(args, results, extra, data.task, info, out, staged[out])
         if save is not None:
-            best = min(summarize(results, data.task), key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore
-            run = next(r for r in results if r.config.p == best and r.config.seed == extra["seeds"][0])
+            kept, why = _kept_rate(args, results, data.task)
+            run = next(r for r in results if r.config.p == kept and r.config.seed == extra["seeds"][0])
             save_model(staged[save], run, data, extra["prepared"][run.config.seed])
+    print(printed)
     if save is not None and not args.quiet:
-        print(f"Saved the p={best:g} model (seed {run.config.seed}) to {save}", file=sys.stderr)
+        print(f"Saved the p={kept:g} model (seed {run.config.seed}) to {save}: {why}", file=sys.stderr)
     return 0
+
+
+def _kept_rate(args: argparse.Namespace, results: list[RunResult], task: str) -> tuple[float, str]:
+    """The rate whose model ``train --save`` keeps, and why, in words for the saved-model line."""
+    from dropkit.app.report import summarize
+
+    if args.save_p is not None:
+        return args.save_p, "chosen with --save-p"
+    rows = summarize(results, task)
+    best = min(rows, key=lambda row: row["test_nll"]["mean"])["p"]  # type: ignore
+    why = "the rate with the lowest mean validation NLL"
+    if best == 0 and len(rows) > 1:
+        why += ("; a p = 0 model has no dropout, so dropkit predict gives it no MC-dropout uncertainty "
+                "(--save-p keeps another rate)")
+    return best, why  # type: ignore[return-value]
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -383,7 +473,21 @@ def main(argv: list[str] | None = None) -> int:
         ...
         SystemExit: 2
     """
+    from dropkit.app._streams import guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A closed stdout or stderr never costs a result: writes to a reader that went away are
+    # dropped and the command ends with 141 (or 129 after SIGHUP) once its files are published.
+    with guarded() as guard:
+        try:
+            code = _run(argv)
+        except SystemExit as e:  # --help, --version and usage errors, from argparse
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+            raise SystemExit(guard.exit_code(code)) from None
+        return guard.exit_code(code)
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
     args = _build_parser().parse_args(argv)
@@ -402,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dropkit {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

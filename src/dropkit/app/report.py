@@ -163,10 +163,31 @@ def _compare(results: Sequence[RunResult], key: str, p: float, base: float) -> t
     return diff, se, (not math.isnan(se)) and abs(diff) > SIGNIFICANT_SE * se and diff != 0
 
 
-def _noise_words(se: float, clear: bool) -> str:
+def _difference(diff: float, se: float, clear: bool, relative: str = "") -> str:
+    """``-0.057 ±0.012 (-17%), beyond 2 standard errors``: a paired difference and its noise."""
     if math.isnan(se):
-        return "one seed, so no error bar"
-    return f"±{se:.3f}, {'beyond' if clear else 'within'} {SIGNIFICANT_SE:g} standard errors"
+        return f"{diff:+.3f}{relative}, one seed, so no error bar"
+    side = "beyond" if clear else "within"
+    return f"{diff:+.3f} ±{se:.3f}{relative}, {side} {SIGNIFICANT_SE:g} standard errors"
+
+
+def _value(values: Sequence[float]) -> str:
+    """``mean ±se`` of one rate's values over the seeds (the mean alone for one seed)."""
+    mean, se = mean_se(values)
+    return f"{mean:.3f}" if math.isnan(se) else f"{mean:.3f} ±{se:.3f}"
+
+
+def _relative(diff: float, base: float, task: str) -> str:
+    """`` (-17%)``: a difference as a share of the baseline, only where that share means something.
+
+    Classification NLL is a loss with 0 for perfect predictions, so a share of a positive
+    baseline reads as "this much of the loss". The Gaussian NLL of a regression has no such
+    zero (it moves with the target's units and can be negative), so it gets no percentage, nor
+    does a baseline too close to zero for a share of it to be stable.
+    """
+    if task != "classification" or not base > 0 or abs(diff) > base:
+        return ""
+    return f" ({diff / base:+.0%})"
 
 
 def reading(results: Sequence[RunResult], task: str, held_out: str = "test") -> str:
@@ -175,10 +196,13 @@ def reading(results: Sequence[RunResult], task: str, held_out: str = "test") -> 
     ``held_out="validation"`` says "validation" where the line would say "test".
 
     It names the rate with the best test NLL and the best test score (accuracy or RMSE), gives
-    each one's paired difference from the smallest rate in the grid (normally p = 0) and says
-    whether it exceeds two standard errors, reports how the train-test gap changes from the
-    smallest to the largest rate, and where MC dropout gives the best NLL. When no rate beats the
-    baseline by more than the noise, it says that dropout does not help.
+    each one's paired difference ``metric(p) - metric(p0)`` from the smallest rate ``p0`` in the
+    grid (normally p = 0) with its standard error and says whether it exceeds two standard
+    errors, reports how the train-test gap changes from the smallest to the largest rate, and
+    where MC dropout gives the best NLL. Every statement carries a ± (the paired difference's
+    standard error, or the mean's where a rate is compared with nothing). When no rate beats the
+    baseline by more than the noise, it says that dropout does not help. A difference is a share
+    of the baseline (in %) only for classification NLL, whose baseline is a positive loss.
 
     Example:
         >>> from dropkit.app.training import TrainConfig
@@ -191,48 +215,52 @@ def reading(results: Sequence[RunResult], task: str, held_out: str = "test") -> 
     grouped = _by_rate(results)
     rates = list(grouped)
     base, top = rates[0], rates[-1]
-    means = {key: {p: float(np.mean([r.metrics[key] for r in grouped[p].values()])) for p in rates}
-             for key, _, _ in METRICS[task] if all(key in r.metrics for r in results)}
+    values = {key: {p: [r.metrics[key] for r in grouped[p].values()] for p in rates}
+              for key, _, _ in METRICS[task] if all(key in r.metrics for r in results)}
+    means = {key: {p: float(np.mean(v)) for p, v in per_rate.items()} for key, per_rate in values.items()}
     score, score_name, better = ("test_acc", "test accuracy", max) if task == "classification" else (
         "test_rmse", "test RMSE", min)
     if len(rates) == 1:
-        return (f"only p={base:g} was run, so there is nothing to compare: test NLL "
-                f"{means['test_nll'][base]:.3f}, {score_name} {means[score][base]:.3f}")
+        return _held_out_words(
+            f"only p={base:g} was run, so there is nothing to compare: test NLL "
+            f"{_value(values['test_nll'][base])}, {score_name} {_value(values[score][base])}.", held_out)
     parts = []
     best_nll = min(rates, key=lambda p: means["test_nll"][p])
     diff, se, clear = _compare(results, "test_nll", best_nll, base)
     helps = best_nll != base and clear
     if best_nll == base:
         parts.append(f"dropout does not help test NLL here: p={base:g} has the lowest "
-                     f"({means['test_nll'][base]:.3f})")
+                     f"({_value(values['test_nll'][base])})")
     else:
         lead = "" if helps else "dropout does not clearly help test NLL: "
-        relative = diff / means["test_nll"][base] if means["test_nll"][base] else float("nan")
+        rel = _relative(diff, means["test_nll"][base], task)
         parts.append(f"{lead}p={best_nll:g} gives the lowest test NLL ({means['test_nll'][best_nll]:.3f} vs "
-                     f"{means['test_nll'][base]:.3f} at p={base:g}, paired difference {diff:+.3f} "
-                     f"({relative:+.0%}) {_noise_words(se, clear)})")
+                     f"{means['test_nll'][base]:.3f} at p={base:g}, paired difference "
+                     f"{_difference(diff, se, clear, rel)})")
     best_score = better(rates, key=lambda p: means[score][p])
     if best_score == base:
-        parts.append(f"the best {score_name} is at p={base:g} ({means[score][base]:.3f})")
+        parts.append(f"the best {score_name} is at p={base:g} ({_value(values[score][base])})")
     else:
         diff, se, clear = _compare(results, score, best_score, base)
         parts.append(f"the best {score_name} is at p={best_score:g} ({means[score][best_score]:.3f}, "
-                     f"{diff:+.3f} {_noise_words(se, clear)})")
+                     f"{_difference(diff, se, clear)})")
     diff, se, clear = _compare(results, "gap", top, base)
     g0, g1 = means["gap"][base], means["gap"][top]
     if clear:
         trend = "shrinks" if diff < 0 else "grows"
-        parts.append(f"the train-test gap {trend} from {g0:.3f} at p={base:g} to {g1:.3f} at p={top:g}")
+        parts.append(f"the train-test gap {trend} from {g0:.3f} at p={base:g} to {g1:.3f} at p={top:g} "
+                     f"({_difference(diff, se, clear)})")
     else:
         parts.append(f"the train-test gap does not change beyond the noise ({g0:.3f} at p={base:g}, "
-                     f"{g1:.3f} at p={top:g})")
+                     f"{g1:.3f} at p={top:g}, {_difference(diff, se, clear)})")
     best_mc = min(rates, key=lambda p: means["mc_nll"][p])
     if best_mc == base:
-        parts.append(f"MC dropout's NLL is lowest at p={base:g} ({means['mc_nll'][base]:.3f})")
+        parts.append(f"MC dropout's NLL is lowest at p={base:g} ({_value(values['mc_nll'][base])})")
     else:
         diff, se, clear = _compare(results, "mc_nll", best_mc, base)
         parts.append(f"MC dropout's NLL is lowest at p={best_mc:g} ({means['mc_nll'][best_mc]:.3f} vs "
-                     f"{means['mc_nll'][base]:.3f} at p={base:g}, {diff:+.3f} {_noise_words(se, clear)})")
+                     f"{means['mc_nll'][base]:.3f} at p={base:g}, "
+                     f"{_difference(diff, se, clear, _relative(diff, means['mc_nll'][base], task))})")
     return _held_out_words("; ".join(parts) + ".", held_out)
 
 

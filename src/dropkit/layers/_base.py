@@ -225,6 +225,16 @@ class StreamModule(nn.Module):
         state = self.stream_state()
         return "" if state is None else f", seed={state['seed']}"
 
+    def _get_name(self) -> str:
+        # nn.Module's repr names a module by this; dropkit's own classes say that they are
+        # dropkit's (``dropkit.Dropout(p=0.5, inplace=False, seed=42)``), so that a patched
+        # model never prints like the torch model it replaced. Defined here, on the base that
+        # comes before any torch class in a layer's bases, so it wins in the MRO.
+        # A user's subclass keeps its own name, as torch prints it.
+        from dropkit._names import repr_name
+
+        return repr_name(self)
+
 
 class RateModule(StreamModule):
     """A stochastic module with a drop rate ``p`` and an ``inplace`` flag, as torch.nn.Dropout has.

@@ -72,6 +72,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         25
     """
 
+    def _get_name(self) -> str:
+        from dropkit._names import repr_name  # dropkit.MultiheadAttention, as for every dropkit layer
+
+        return repr_name(self)
+
     def __init__(
         self,
         embed_dim: int,
