@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
+from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, LayerDrop, StreamModule
 from dropkit.rng import check_seed
 from dropkit.uncertainty._streams import StreamOverride
 from dropkit.uncertainty._switch import TORCH_DROPOUT_TYPES, is_dropout_module, mc_dropout
@@ -108,7 +108,7 @@ def _forward_rows(
 
 def _mask_spans_batch(module: StreamModule) -> bool:
     """Whether one call of ``module`` draws a mask that every row of its batch shares."""
-    if isinstance(module, (DropConnect, EmbeddingDropout)):
+    if isinstance(module, (DropConnect, EmbeddingDropout, LayerDrop)):
         return True
     if isinstance(module, DropPath) and module.mode == "batch":
         return True
