@@ -139,3 +139,33 @@ def test_layerdrop_is_named_with_its_config_field():
         conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
         layerdrop=0.0))
     assert not [u for u in dropkit.patch(quiet).unreplaced if "LayerDrop" in u.reason]
+
+
+def test_every_installed_transformers_drop_path_class_is_recognised():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from dropkit._select import drop_prob_path
+
+    # The families the issue names, and their relatives (importing all 40-odd is slow).
+    families = ("beit", "convnext", "convnextv2", "data2vec", "dinov2", "donut", "focalnet", "poolformer",
+                "pvt", "pvt_v2", "segformer", "swin", "swinv2")
+    root = Path(transformers.__file__).parent / "models"
+    found = {}
+    for path in sorted(p for family in families for p in root.glob(f"{family}/modeling_*.py")):
+        names = [n.name for n in ast.parse(path.read_text()).body
+                 if isinstance(n, ast.ClassDef) and n.name.endswith("DropPath")]
+        if names:
+            try:
+                module = importlib.import_module(f"transformers.models.{path.parent.name}.{path.stem}")
+            except Exception:  # noqa: BLE001 - a model whose optional dependency is missing
+                continue
+            found.update({name: getattr(module, name) for name in names})
+    assert len(found) >= 10 and {"ConvNextDropPath", "SwinDropPath", "BeitDropPath"} <= set(found)
+    missed = [name for name, cls in found.items() if not drop_prob_path(cls(0.1))]
+    assert not missed
+    for name, cls in found.items():
+        holder = nn.Sequential(cls(0.25))
+        report = dropkit.patch(holder, seed=0)
+        assert [(r.original, r.replacement, r.p) for r in report.replaced] == [(name, "DropPath", 0.25)]

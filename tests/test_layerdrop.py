@@ -81,3 +81,16 @@ def test_bad_arguments():
         dropkit.LayerDrop([nn.Identity(), 3], 0.1)
     with pytest.raises(TypeError, match="none"):
         dropkit.LayerDrop([], 0.1)
+
+
+def test_mc_predict_runs_layer_drop_pass_by_pass():
+    from dropkit.uncertainty import mc_predict
+
+    stack = dropkit.LayerDrop([AddConst(2.0**i) for i in range(6)], 0.5, seed=1).eval()
+    # One draw per call skips layers for the whole batch: replicated rows would share it.
+    with pytest.warns(UserWarning, match="one mask for a whole batch"):
+        samples = mc_predict(stack, torch.zeros(3, 1, dtype=torch.float64), samples=8)
+    assert samples.shape[:2] == (8, 3)
+    sums = samples[:, :, 0]
+    assert torch.equal(sums, sums[:, :1].expand_as(sums))  # every row of a pass skips the same layers
+    assert len(set(sums[:, 0].tolist())) > 1  # passes differ

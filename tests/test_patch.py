@@ -301,11 +301,11 @@ def test_torchvision_dropblock_through_a_stand_in(monkeypatch):
     report = patch(model, seed=3)
     assert type(model[0]) is dropkit.DropBlock2d and model[0].block_size == (5, 5) and model[0].p == 0.1
     assert type(model[1]) is dropkit.DropBlock3d and model[1].block_size == (3, 3, 3)
-    # dropkit normalises by count / kept: another eps would change the output, so it stays.
-    assert type(model[2]) is DropBlock2d
-    assert [(u.name, "eps" in u.reason) for u in report.unreplaced] == [("2", True)]
+    # dropkit normalises by count / (eps + kept) as torchvision does: every eps is carried.
+    assert type(model[2]) is dropkit.DropBlock2d and [m.eps for m in model] == [1e-6, 1e-6, 0.5]
+    assert report.unreplaced == []
     unpatch(model)
-    assert type(model[0]) is DropBlock2d and type(model[1]) is DropBlock3d
+    assert type(model[0]) is DropBlock2d and type(model[1]) is DropBlock3d and type(model[2]) is DropBlock2d
 
 
 def test_torchvision_dropblock_is_replaced_and_keeps_its_rate_and_placement():

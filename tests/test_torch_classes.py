@@ -250,3 +250,15 @@ def test_state_dict_saved_after_patch_resumes_exact_masks():
     assert b.load_state_dict(partial, strict=False).missing_keys == ["fc.weight"]
     with pytest.raises(RuntimeError, match="fc.weight"):
         b.load_state_dict(partial, strict=True)
+
+
+def test_patching_doc_ecosystem_examples_run():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "patching.md").read_text()
+    section = text.split("## Ecosystem: what code around the model sees", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python")[1:]]
+    assert len(blocks) == 4
+    namespace: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/patching.md#ecosystem-{i}", "exec"), namespace)

@@ -78,8 +78,7 @@ _THIRD_PARTY_TO_DROPKIT = {
     "DropPath": ("DropPath", {"scale_by_keep": "scale_by_keep"}),
     "StochasticDepth": ("StochasticDepth", {"mode": "mode"}),
     # torchvision's DropBlock: the same seed rate and block placement (a seed drops the block to
-    # its lower right) where the block fits the map; its normalisation count / (eps + kept) with
-    # the default eps is dropkit's count / kept to within 1e-6 / kept.
+    # its lower right) where the block fits the map, and its normalisation count / (eps + kept).
     "DropBlock2d": ("DropBlock2d", {"block_size": "block_size", "inplace": "inplace", "eps": "eps"}),
     "DropBlock3d": ("DropBlock3d", {"block_size": "block_size", "inplace": "inplace", "eps": "eps"}),
 }

@@ -91,9 +91,16 @@ def apply_drop_block(
     inplace: bool,
     shared_channels: bool,
     stream: object,
+    gamma_scale: float = 1.0,
+    eps: float = 0.0,
 ) -> torch.Tensor:
     """The unchecked core of DropBlock: check the rank, then draw the seed grid from ``stream``
-    (one word per seed position) and apply the block mask in training."""
+    (one word per seed position) and apply the block mask in training.
+
+    ``gamma_scale`` multiplies the seed rate (timm's argument; the rate is capped at 1). With
+    ``eps > 0`` the output is ``x * M * count / (eps + kept)`` (torchvision's normalisation)
+    rather than ``x * M * count / kept``: the kept count is read from the same block mask
+    applied to ones, one more pass."""
     layout = "(N, C, H, W) or (C, H, W)" if dims == 2 else "(N, C, D, H, W) or (C, D, H, W)"
     check_rank(input, (dims + 1, dims + 2), layout, f"drop_block{dims}d")
     if not training or p == 0.0 or input.numel() == 0:
@@ -105,12 +112,18 @@ def apply_drop_block(
     spatial = tuple(x.shape[2:])
     blocks = tuple(min(b, f) for b, f in zip(blocks, spatial, strict=True))
     seed_shape = dropblock_seed_shape(tuple(x.shape), blocks, shared_channels)
-    gamma = dropblock_gamma(p, blocks, spatial)
+    gamma = min(dropblock_gamma(p, blocks, spatial) * gamma_scale, 1.0)
     seed, offset = stream.take(math.prod(seed_shape))
     # One pass (dropkit.ops): the block mask from the seed grid (a word below the threshold is a
     # seed; position y is dropped iff a seed lies at y - b + 1 .. y on every axis), its kept count
     # from one reduction over the reduced mask, then y = where(keep, x * count / kept, 0).
     y = ops.drop_block(x, blocks, seed, offset, keep_threshold(gamma), shared_channels, "bits")
+    if eps > 0.0:
+        with torch.no_grad():
+            # The same block mask applied to ones: non-zero exactly where an element is kept.
+            kept = int(ops.drop_block(torch.ones_like(x), blocks, seed, offset, keep_threshold(gamma),
+                                      shared_channels, "bits").count_nonzero())
+        y = y * (kept / (kept + eps))
     y = y.view(input.shape)
     return input.copy_(y) if inplace else y
 

@@ -37,13 +37,28 @@ def check_drop_path_mode(mode: object) -> str:
     return mode  # type: ignore[return-value]
 
 
+def one_rate(p: float, default: float, drop_prob: float | None, owner: str) -> float:
+    """``p``, or timm's spelling ``drop_prob`` when ``p`` is left at its ``default``.
+
+    Example:
+        >>> one_rate(0.0, 0.0, 0.2, "DropPath")
+        0.2
+    """
+    if drop_prob is None:
+        return p
+    if p != default:
+        raise TypeError(f"{owner} got p={p!r} and drop_prob={drop_prob!r}: pass one (timm's name for p)")
+    return drop_prob
+
+
 def drop_path(
     input: torch.Tensor,
     p: float = 0.0,
     training: bool = True,
+    scale_by_keep: bool = True,
     *,
     mode: str = "row",
-    scale_by_keep: bool = True,
+    drop_prob: float | None = None,
     seed: int | torch.Tensor | None = None,
     offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
@@ -54,12 +69,16 @@ def drop_path(
     ``1 / (1 - p)`` when ``scale_by_keep=False``, in which case the caller scales in eval as
     the paper does). Evaluation: ``y = x``. Use as ``x + drop_path(branch(x), p)``.
 
+    timm's positional order ``drop_path(x, drop_prob, training, scale_by_keep)`` works as
+    written; unlike timm's, ``training`` defaults to True, as in torch.nn.functional.dropout.
+
     Args:
         input: floating-point tensor with the batch in dim 0.
-        p: probability of dropping the branch, in [0, 1].
+        p: probability of dropping the branch, in [0, 1]. Default: 0.0.
         training: identity when False.
-        mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
         scale_by_keep: divide kept rows by ``1 - p``.
+        mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
+        drop_prob: timm's name for ``p`` (pass one of the two).
         seed, offset, generator: the stream position, as in :func:`dropkit.functional.dropout`.
 
     Shape:
@@ -73,7 +92,7 @@ def drop_path(
         True
     """
     check_floating(input)
-    p = check_p(p)
+    p = check_p(one_rate(p, 0.0, drop_prob, "drop_path"))
     mode = check_drop_path_mode(mode)
     stream = open_stream(seed, offset, generator, input.device)
     if not training:

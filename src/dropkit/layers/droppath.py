@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dropkit.functional._checks import check_floating, check_p
-from dropkit.functional.droppath import apply_drop_path, check_drop_path_mode
+from dropkit.functional.droppath import apply_drop_path, check_drop_path_mode, one_rate
 from dropkit.layers._base import StreamModule
 
 __all__ = ["DropPath", "StochasticDepth"]
@@ -18,10 +18,15 @@ class DropPath(StreamModule):
     ``y[n] = x[n] * m[n] / (1 - p)`` (no division with ``scale_by_keep=False``); evaluation:
     identity. Use as ``x + drop_path(branch(x))``. Per-block rates: :func:`drop_path_rates`.
 
+    timm's spelling works as written: ``DropPath(drop_prob, scale_by_keep)`` (the same
+    positional order), and ``drop_prob`` is also an attribute, the same value as ``p``.
+    torchvision's order ``(p, mode)`` is :class:`StochasticDepth`'s.
+
     Args:
         p: probability of dropping the branch, in [0, 1]. Default: 0.0.
-        mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
         scale_by_keep: divide kept samples by ``1 - p``. Default: True.
+        mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
+        drop_prob: timm's name for ``p`` (pass one of the two).
         seed: give the layer its own stream (kept in the state_dict); see StreamModule.
         generator: draw seeds from this generator instead of torch's default one.
 
@@ -38,18 +43,33 @@ class DropPath(StreamModule):
     def __init__(
         self,
         p: float = 0.0,
-        mode: str = "row",
         scale_by_keep: bool = True,
         *,
+        mode: str = "row",
+        drop_prob: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
+        if not isinstance(scale_by_keep, bool):
+            raise TypeError(
+                f"scale_by_keep must be a bool, got {scale_by_keep!r}; DropPath takes (p, scale_by_keep) "
+                "as timm does: pass mode= by keyword, or use StochasticDepth(p, mode) (torchvision's order)"
+            )
         super().__init__(seed=seed, generator=generator)
-        self.p = p
+        self.p = one_rate(p, 0.0, drop_prob, type(self).__name__)
         self.mode = mode
-        self.scale_by_keep = bool(scale_by_keep)
+        self.scale_by_keep = scale_by_keep
 
     _checked_attributes = {"p": check_p, "mode": check_drop_path_mode}
+
+    @property
+    def drop_prob(self) -> float:
+        """timm's name for :attr:`p` (reading or setting one is reading or setting the other)."""
+        return self.p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self.p = value
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -67,10 +87,13 @@ class DropPath(StreamModule):
 class StochasticDepth(DropPath):
     r"""The name of :class:`DropPath` used by torchvision and the stochastic depth paper.
 
+    torchvision's positional order: ``StochasticDepth(p, mode)``.
+
     Args:
         p: probability of dropping the branch, in [0, 1]. Default: 0.0.
-        mode: "row" or "batch".
+        mode: "row" or "batch". Default: "row".
         scale_by_keep: divide kept samples by ``1 - p``. Default: True.
+        drop_prob: timm's name for ``p`` (pass one of the two).
         seed: give the layer its own stream (kept in the state_dict); see StreamModule.
         generator: draw seeds from this generator instead of torch's default one.
 
@@ -81,3 +104,15 @@ class StochasticDepth(DropPath):
         >>> StochasticDepth(0.2, "batch", seed=0)(torch.ones(3, 2)).shape
         torch.Size([3, 2])
     """
+
+    def __init__(
+        self,
+        p: float = 0.0,
+        mode: str = "row",
+        *,
+        scale_by_keep: bool = True,
+        drop_prob: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(p, scale_by_keep, mode=mode, drop_prob=drop_prob, seed=seed, generator=generator)

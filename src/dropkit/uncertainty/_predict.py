@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dropkit import _torch
-from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
+from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, LayerDrop, StreamModule
 from dropkit.rng import check_seed
 from dropkit.uncertainty._streams import StreamOverride
 from dropkit.uncertainty._switch import TORCH_DROPOUT_TYPES, is_dropout_module, mc_dropout
@@ -109,7 +109,7 @@ def _forward_rows(
 
 def _mask_spans_batch(module: StreamModule) -> bool:
     """Whether one call of ``module`` draws a mask that every row of its batch shares."""
-    if isinstance(module, (DropConnect, EmbeddingDropout)):
+    if isinstance(module, (DropConnect, EmbeddingDropout, LayerDrop)):
         return True
     if isinstance(module, DropPath) and module.mode == "batch":
         return True
