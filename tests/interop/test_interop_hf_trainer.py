@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from interop_helpers import real
 
@@ -173,3 +174,36 @@ def test_patch_and_unpatch_keep_the_ignore_set_exact():
     unseeded = tiny_bert(transformers)
     patch(unseeded)  # no stream buffers: nothing to hide
     assert unseeded._keys_to_ignore_on_save == before
+
+
+def test_callback_per_epoch_and_attach_order(tmp_path):
+    transformers = real("transformers")
+    from transformers.trainer_callback import (
+        DefaultFlowCallback,
+        PrinterCallback,
+        TrainerControl,
+        TrainerState,
+    )
+
+    from dropkit.integrations.huggingface import DropkitCallback
+
+    model, _ = patched(transformers)
+    callback = DropkitCallback(LinearWarmup(model, warmup_steps=4, p=0.3), every="epoch")
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(None, state, control, model=model)
+    for epoch, expected in [(1.0, 0.075), (2.0, 0.15)]:
+        state.epoch, state.global_step = epoch, int(epoch * 10)
+        callback.on_step_end(None, state, control)  # per epoch: steps do not move the rates
+        callback.on_epoch_end(None, state, control)
+        assert model.dropout.p == pytest.approx(expected)
+    logs = {"loss": 1.0}
+    callback.on_log(None, state, control, logs=logs, model=model)
+    assert logs["dropout/dropout"] == pytest.approx(0.15) and "dropout/bert.embeddings.dropout" in logs
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = transformers.Trainer(model=model, args=args, callbacks=[PrinterCallback()])
+    callback.attach(trainer)
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    assert kinds.index(DefaultFlowCallback) + 1 == kinds.index(DropkitCallback) < kinds.index(PrinterCallback)
+    with pytest.raises(ValueError, match="already"):
+        callback.attach(trainer)
