@@ -10,17 +10,28 @@ Prints, with the device name:
   * attention with dropout (16 x 16 heads x 1024 x 1024, head dim 64, bf16/fp16, full and causal):
     dropkit's Triton flash kernel vs torch's SDPA with the same dropout_p, fwd and fwd+bwd.
 
+Before the table it runs the GPU test subset: the Triton interpreter tests, every recorded
+kernel launch compiled for sm_80 and sm_90 (``DROPKIT_TRITON_COMPILE_ALL=1``) and the tests that
+need a CUDA device (``tests/test_core_v2.py -k cuda``); ``--no-tests`` skips them. Dropout rows
+also time ``torch.compile`` of ``F.dropout`` (not with ``--quick``).
+
 Times are GPU medians from ``triton.testing.do_bench`` (which flushes L2 between runs). Needs
-only torch, triton and dropkit; exits with status 2 and a message when there is no CUDA device
-or no triton. Run: ``python benchmarks/gpu.py [--quick]`` (under 5 minutes on an H100).
+only torch, triton and dropkit (pytest for the tests). Without a CUDA device or triton it says
+so and exits with status 0, measuring nothing. ``--json PATH`` writes the rows and the tests'
+outcome. Run: ``python benchmarks/gpu.py [--quick] [--no-tests] [--json PATH]`` (under 5 minutes
+on an H100).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +70,25 @@ def ms(fn: Callable[[], object]) -> float:
     return float(do_bench(fn, warmup=10, rep=60))
 
 
-def dropout_rows(n: int, dtype: torch.dtype) -> list[tuple[str, str]]:
+ROOT = Path(__file__).resolve().parents[1]
+GPU_TESTS = ["tests/test_triton.py", "tests/test_triton_bcast.py", "tests/test_triton_noise.py",
+             "tests/test_triton_attention.py", "tests/test_triton_compile.py", "tests/test_core_v2.py"]
+
+
+def run_gpu_tests(timeout_s: float) -> dict:
+    """The GPU test subset in a subprocess; its exit status and pytest's last line."""
+    env = dict(os.environ, DROPKIT_TRITON_COMPILE_ALL="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton or cuda or compile",
+           *GPU_TESTS]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"returncode": None, "summary": f"timed out after {timeout_s:.0f} s"}
+    lines = out.stdout.strip().splitlines()
+    return {"returncode": out.returncode, "summary": lines[-1] if lines else out.stderr[-500:]}
+
+
+def dropout_rows(n: int, dtype: torch.dtype, compile_too: bool = False) -> list[tuple[str, str]]:
     x = torch.randn(n, device=DEVICE, dtype=dtype)
     xg = x.detach().requires_grad_()
     g = torch.randn_like(x)
@@ -91,6 +120,11 @@ def dropout_rows(n: int, dtype: torch.dtype) -> list[tuple[str, str]]:
         ))
         rows.append((f"{name} fwd+bwd [{storage}]", f"{fb:8.3f} ms  torch/dropkit {torch_fb / fb:5.2f}x"))
     rows.append((f"{name} torch F.dropout", f"fwd {torch_fwd:8.3f} ms  fwd+bwd {torch_fb:8.3f} ms"))
+    if compile_too:
+        compiled = torch.compile(lambda v: F.dropout(v, P))
+        c_fwd = ms(lambda: compiled(xg))
+        c_fb = ms(lambda: torch.autograd.grad(compiled(xg), xg, g))
+        rows.append((f"{name} torch.compile F.dropout", f"fwd {c_fwd:8.3f} ms  fwd+bwd {c_fb:8.3f} ms"))
     for storage in ("bits", "seed", "bool"):
         b = saved_bytes_per_element(ours_fwd(storage), n)
         rows.append((f"{name} saved B/elem [{storage}]", f"{b:.4f}"))
@@ -163,26 +197,31 @@ def attention_rows(dtype: torch.dtype, causal: bool) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2**24 elements only, no torch.compile")
+    parser.add_argument("--no-tests", action="store_true", help="skip the GPU test subset")
+    parser.add_argument("--json", default=None, help="write the rows and the tests' outcome to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py needs a CUDA device; none is visible to torch here. Nothing measured.")
-        return 2
+        return 0
     try:
         import triton
     except ImportError:
         print("benchmarks/gpu.py needs triton (pip install 'dropkit[gpu]'). Nothing measured.")
-        return 2
+        return 0
     if backend_name("cuda") != "triton":
         print("dropkit's Triton backend did not load (see the warning above). Nothing measured.")
-        return 2
+        return 0
     start = time.perf_counter()
+    tests = None if args.no_tests else run_gpu_tests(150)
+    if tests is not None:
+        print(f"GPU tests: {tests['summary']} (exit status {tests['returncode']})")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     print(f"dropout p={P}; times are GPU medians (triton.testing.do_bench)")
     sizes = (2**24,) if args.quick else (2**24, 2**28)
     rows = []
     for n in sizes:
         for dtype in (torch.bfloat16, torch.float32):
-            rows += dropout_rows(n, dtype)
+            rows += dropout_rows(n, dtype, compile_too=not args.quick and n == sizes[0])
             torch.cuda.empty_cache()
     rows += fused_rows(8192, 4096, compile_too=not args.quick)
     for dtype in (torch.bfloat16, torch.float16):
@@ -193,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    if args.json:
+        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "triton": triton.__version__, "tests": tests, "rows": dict(rows),
+                  "seconds": time.perf_counter() - start}
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0 if tests is None or tests["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":

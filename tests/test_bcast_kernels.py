@@ -265,3 +265,22 @@ def test_dropblock_everything_dropped_and_nothing_dropped():
     y, _, scale = cpu.dropblock_forward(x, (3, 3), 0, 0, 0, False, "seed")
     assert scale == 1.0 and torch.equal(as_bits(y), as_bits(x * 1.0))
     assert math.prod(cpu.dropblock_mask((0, 3, 6, 6), (3, 3), 0, 0, 5)[0].shape) == 0
+
+
+
+@pytest.mark.parametrize("row", [3, 9, 65])
+def test_bcast_rows_under_one_mask_bit(isa, threads, row):
+    # Innermost rows shorter than a mask byte or word, the mask varying along them or not, rows
+    # starting inside a mask byte; at 2 threads the split falls inside a row.
+    small = (3, 11, row)
+    for i, ms in enumerate(mask_shapes(small)):
+        for j, (_, x) in enumerate(itertools.islice(layouts(small, torch.float32, seed=i), 4)):
+            check_bcast(x, ms, *STREAMS[(i + j) % 3], THRESHOLDS[1 + (i + j) % 2], STORAGES[(i + j) % 3])
+    if threads == 2:
+        rows = (2**18 + 37) // row
+        x = make_input((rows, row), torch.float32)
+        for ms in [(1, row), (rows, 1)]:
+            check_bcast(x, ms, 5, 3, 2**31, "bits")
+        x = make_input((2, row, 3, rows // 6 + 1), torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        check_bcast(x, (2, row, 1, 1), 7, 2**32 - 9, 2**31, "seed")
