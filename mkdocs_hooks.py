@@ -6,8 +6,12 @@ parser renders as an admonition of Markdown text rather than as an examples sect
 hook adds a Markdown preprocessor that fences each run of doctest lines, up to the next blank
 line, as a ``pycon`` code block.
 
-A page line ``<!-- dropkit-help: demo -->`` is replaced by the output of ``dropkit demo --help``,
-taken from the installed command at build time so that the page cannot drift from the code.
+docs/cli.md holds the output of each ``dropkit ... --help`` between the lines
+``<!-- dropkit-help: demo -->`` and ``<!-- /dropkit-help -->``, so that the page is complete in
+the repository too. ``python mkdocs_hooks.py`` rewrites those blocks from the installed command;
+tests/test_docs.py checks that they are current, and the site build puts the current help in.
+argparse lays help out a little differently from one Python version to the next, so the page
+names the version that wrote it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import contextlib
 import io
 import os
 import re
+import sys
 import textwrap
+from pathlib import Path
 
 from markdown import Markdown
 from markdown.extensions import Extension
@@ -53,7 +59,13 @@ def on_config(config):
     return config
 
 
-def _help_text(args: list[str]) -> str:
+HELP_BLOCK = re.compile(r"<!-- dropkit-help:([^>]*)-->\n.*?<!-- /dropkit-help -->", re.DOTALL)
+HELP_PYTHON = re.compile(r"<!-- dropkit-help-python: ([0-9.]+) -->")
+CLI_PAGE = Path(__file__).resolve().parent / "docs" / "cli.md"
+
+
+def help_text(args: list[str]) -> str:
+    """The output of ``dropkit <args> --help`` at a fixed width of 100 columns."""
     from dropkit.app.cli import main
 
     buffer = io.StringIO()
@@ -70,8 +82,22 @@ def _help_text(args: list[str]) -> str:
     return buffer.getvalue().rstrip()
 
 
-def on_page_markdown(markdown, page, config, files):
-    def replace(match: re.Match) -> str:
-        return "```text\n" + _help_text(match.group(1).split()) + "\n```"
+def _block(args: str, fenced_only: bool = False) -> str:
+    fenced = "```text\n" + help_text(args.split()) + "\n```"
+    return fenced if fenced_only else f"<!-- dropkit-help:{args}-->\n{fenced}\n<!-- /dropkit-help -->"
 
-    return re.sub(r"<!-- dropkit-help:([^>]*)-->", replace, markdown)
+
+def with_current_help(markdown: str) -> str:
+    """``markdown`` with every help block rewritten from the installed command."""
+    version = ".".join(map(str, sys.version_info[:2]))
+    markdown = HELP_PYTHON.sub(f"<!-- dropkit-help-python: {version} -->", markdown)
+    return HELP_BLOCK.sub(lambda m: _block(m.group(1)), markdown)
+
+
+def on_page_markdown(markdown, page, config, files):
+    return HELP_BLOCK.sub(lambda m: _block(m.group(1), fenced_only=True), markdown)
+
+
+if __name__ == "__main__":
+    CLI_PAGE.write_text(with_current_help(CLI_PAGE.read_text()))
+    print(f"rewrote the help texts in {CLI_PAGE}")

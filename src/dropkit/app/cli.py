@@ -343,6 +343,7 @@ def _demo(args: argparse.Namespace) -> int:
     info = {"command": "demo", "data": "digits", "train_size": args.train_size, "model": args.model}
     with outputs.staged() as staged:
         printed = _report(args, results, extra, data.task, info, out, staged[out])
+    args.published = True
     print(printed)
     return 0
 
@@ -376,6 +377,7 @@ def _train(args: argparse.Namespace) -> int:
             kept, why = _kept_rate(args, results, data.task)
             run = next(r for r in results if r.config.p == kept and r.config.seed == extra["seeds"][0])
             save_model(staged[save], run, data, extra["prepared"][run.config.seed])
+    args.published = True
     print(printed)
     if save is not None and not args.quiet:
         print(f"Saved the p={kept:g} model (seed {run.config.seed}) to {save}: {why}", file=sys.stderr)
@@ -445,6 +447,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     with outputs.staged() as staged, open(staged[output], "w", newline="") as stream:
         _write_csv(stream, rows)
+    args.published = True
     if not args.quiet:
         print(f"Wrote {len(rows)} predictions to {output}", file=sys.stderr)
     return 0
@@ -504,7 +507,8 @@ def _run(argv: list[str]) -> int:
         print(f"dropkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dropkit {args.command}: interrupted; nothing was written", file=sys.stderr)
+        done = "the results were written" if getattr(args, "published", False) else "nothing was written"
+        print(f"dropkit {args.command}: interrupted; {done}", file=sys.stderr)
         return 130
 
 
