@@ -6,6 +6,7 @@ It is the oracle that the native CPU and Triton backends are tested against bit 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -21,11 +22,11 @@ from dropkit.backends._shared import (
     opmath_dtype,
     unpack_mask,
 )
+from dropkit.backends.contract import HOST, NOT_PROVIDED, describe
 from dropkit.rng import philox_words, words_to_uniform
 
 __all__ = [
-    "POSITION",
-    "DTYPES",
+    "BACKEND",
     "keep_mask",
     "pack_mask",
     "unpack_mask",
@@ -46,10 +47,6 @@ __all__ = [
     "dropblock_forward",
     "dropblock_backward",
 ]
-
-# Stream positions arrive as Python ints; every dtype and device is served.
-POSITION = "host"
-DTYPES = None
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -353,3 +350,9 @@ def dropblock_backward(
     else:
         keep = _mask_from(saved, ms, seed, offset, threshold, storage, grad.device)
     return _scale_zero(grad, keep, dropblock_applied_scale(scale, grad.dtype))
+
+
+# Stream positions arrive as Python ints; every dtype and device is served, every kernel but the
+# fused ones (and the redraw shortcut of the native backend) provided.
+BACKEND = describe(sys.modules[__name__], "reference", HOST, dtypes=None, max_dims=None,
+                   bcast_dropout_redraw=NOT_PROVIDED, fused_attention=NOT_PROVIDED, fused_norm=NOT_PROVIDED)
