@@ -93,12 +93,7 @@ def dropout_forward(
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, 0)`` with the mask taken from ``saved`` or the stream."""
@@ -182,10 +177,7 @@ def _saved_of(mask: torch.Tensor, storage: str) -> torch.Tensor:
 
 
 def bcast_keep_mask(
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
+    mask_shape: Sequence[int], seed: int, offset: int, threshold: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Bool keep-mask of shape ``mask_shape``: element ``j`` (row-major) is kept iff word ``j`` >= t."""
@@ -193,12 +185,7 @@ def bcast_keep_mask(
 
 
 def _mask_from(
-    saved: torch.Tensor,
-    mask_shape: tuple[int, ...],
-    seed: int,
-    offset: int,
-    threshold: int,
-    storage: str,
+    saved: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int, storage: str,
     device: torch.device | str | None,
 ) -> torch.Tensor:
     n = math.prod(mask_shape)
@@ -219,12 +206,7 @@ def _scale_zero(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tens
 
 
 def bcast_dropout_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * scale, +0.0)`` with the mask drawn over ``mask_shape``.
@@ -238,14 +220,8 @@ def bcast_dropout_forward(
 
 
 def bcast_dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or the stream."""
     ms = check_mask_shape(grad.shape, mask_shape)
@@ -253,15 +229,8 @@ def bcast_dropout_backward(
 
 
 def alpha_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    b: float,
-    fill: float,
-    storage: str,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, a: float, b: float,
+    fill: float, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha dropout's replacement ``y = where(keep[broadcast], x * a + b, fill)``.
 
@@ -278,27 +247,16 @@ def alpha_forward(
 
 
 def alpha_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, a: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * a, +0.0)``, as :func:`bcast_dropout_backward`."""
     return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
 
 
 def dropblock_mask(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool = False,
-    device: torch.device | str | None = None,
+    shape: Sequence[int], block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool = False, device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, int]:
     """DropBlock's keep-mask over ``(N, C or 1, *spatial)`` and its kept count.
 
@@ -312,13 +270,8 @@ def dropblock_mask(
 
 
 def dropblock_forward(
-    x: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    storage: str,
+    x: torch.Tensor, block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """DropBlock on a batched ``x`` (N, C, *spatial): ``(y, saved, scale)``.
 
@@ -332,15 +285,8 @@ def dropblock_forward(
 
 
 def dropblock_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, block_size: Sequence[int], seed: int, offset: int,
+    threshold: int, shared_channels: bool, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``; ``"seed"`` rebuilds the block mask."""
     ms = dropblock_mask_shape(grad.shape, shared_channels)

@@ -206,18 +206,10 @@ def scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torc
 
 
 def _launch(
-    n: int,
-    device: torch.device,
-    *,
-    x: torch.Tensor | None = None,
-    y: torch.Tensor | None = None,
-    mask_in: torch.Tensor | None = None,
-    mask_out: torch.Tensor | None = None,
-    scale: float = 1.0,
-    stream: tuple[int | torch.Tensor, int | torch.Tensor] | None = None,
-    threshold: int = 0,
-    source: int = _FROM_STREAM,
-    save: int = _SAVE_NONE,
+    n: int, device: torch.device, *, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+    mask_in: torch.Tensor | None = None, mask_out: torch.Tensor | None = None, scale: float = 1.0,
+    stream: tuple[int | torch.Tensor, int | torch.Tensor] | None = None, threshold: int = 0,
+    source: int = _FROM_STREAM, save: int = _SAVE_NONE,
 ) -> None:
     if n == 0:
         return
@@ -267,10 +259,7 @@ def fused_norm():
 
 
 def keep_mask(
-    numel: int,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
+    numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Bool keep-mask of shape (numel,): element ``i`` is kept iff word ``i`` >= ``threshold``."""
@@ -310,13 +299,8 @@ def dropout_forward(
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, 0)``, the mask read from ``saved`` or regenerated."""
     out = torch.empty_like(grad, memory_format=torch.contiguous_format)

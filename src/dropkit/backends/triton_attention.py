@@ -202,10 +202,7 @@ def _blocks() -> tuple[int, int]:
 
 
 def supports(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
     enable_gqa: bool,
 ) -> bool:
     """Whether :func:`attention` handles these inputs (else the composite path runs)."""
@@ -283,15 +280,8 @@ class _FlashAttention(torch.autograd.Function):
 
 
 def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    is_causal: bool,
-    scale: float,
-    threshold: int,
-    drop_scale: float,
-    seed: int | torch.Tensor,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, threshold: int, drop_scale: float, seed: int | torch.Tensor,
     offset: int | torch.Tensor,
 ) -> torch.Tensor:
     """Attention with philox-v1 dropout of ``(N, H, L, E)`` tensors (see :func:`supports`).

@@ -142,12 +142,7 @@ def _bits_of(
 
 
 def bcast_dropout_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * scale, +0.0)``, as the CPU backend's ``bcast_dropout_forward``."""
@@ -157,14 +152,8 @@ def bcast_dropout_forward(
 
 
 def bcast_dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or regenerated."""
     ms = check_mask_shape(grad.shape, mask_shape)
@@ -173,15 +162,8 @@ def bcast_dropout_backward(
 
 
 def alpha_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    b: float,
-    fill: float,
-    storage: str,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, a: float, b: float,
+    fill: float, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * a + b, fill)``: as :func:`dropkit.backends.cpu.alpha_forward`."""
     ms = check_mask_shape(x.shape, mask_shape)
@@ -190,27 +172,16 @@ def alpha_forward(
 
 
 def alpha_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, a: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * a, +0.0)``."""
     return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
 
 
 def _dropblock_mask(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    shared_channels: bool,
-    device: torch.device,
+    shape: Sequence[int], block_size: Sequence[int], seed: int | torch.Tensor, offset: int | torch.Tensor,
+    threshold: int, shared_channels: bool, device: torch.device,
 ) -> tuple[torch.Tensor, int]:
     """DropBlock's keep-mask on the device: seeds from the Triton stream kernel, blocks by max-pool.
 
@@ -224,13 +195,8 @@ def _dropblock_mask(
 
 
 def dropblock_forward(
-    x: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    storage: str,
+    x: torch.Tensor, block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """DropBlock on a batched ``x``: ``(y, saved, scale)``, as the CPU backend's ``dropblock_forward``."""
     if storage not in ("bits", "bool", "seed"):
@@ -245,15 +211,8 @@ def dropblock_forward(
 
 
 def dropblock_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, block_size: Sequence[int], seed: int, offset: int,
+    threshold: int, shared_channels: bool, scale: float, storage: str,
 ) -> torch.Tensor:
     """DropBlock's gradient ``where(keep[broadcast], grad * scale, +0.0)``; "seed" rebuilds the mask."""
     ms = dropblock_mask_shape(grad.shape, shared_channels)

@@ -38,14 +38,8 @@ def check_drop_path_mode(mode: object) -> str:
 
 
 def drop_path(
-    input: torch.Tensor,
-    p: float = 0.0,
-    training: bool = True,
-    *,
-    mode: str = "row",
-    scale_by_keep: bool = True,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.0, training: bool = True, *, mode: str = "row",
+    scale_by_keep: bool = True, seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Zero a residual branch's output per sample (or for the whole batch) with probability ``p``.

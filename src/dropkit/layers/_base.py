@@ -281,11 +281,7 @@ class RateModule(StreamModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

@@ -57,16 +57,9 @@ class ConcreteDropout(StreamModule):
     """
 
     def __init__(
-        self,
-        layer: nn.Module | None = None,
-        p: float = 0.1,
-        weight_regularizer: float = 1e-6,
-        dropout_regularizer: float = 1e-5,
-        *,
-        spatial: bool = False,
-        temperature: float | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, layer: nn.Module | None = None, p: float = 0.1, weight_regularizer: float = 1e-6,
+        dropout_regularizer: float = 1e-5, *, spatial: bool = False, temperature: float | None = None,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
         p = check_p(p, open_interval=True)

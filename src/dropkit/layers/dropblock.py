@@ -16,14 +16,8 @@ class _DropBlock(RateModule):
     _dims = 2
 
     def __init__(
-        self,
-        p: float = 0.1,
-        block_size: int | tuple[int, ...] = 7,
-        inplace: bool = False,
-        *,
-        shared_channels: bool = False,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, p: float = 0.1, block_size: int | tuple[int, ...] = 7, inplace: bool = False, *,
+        shared_channels: bool = False, seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, seed=seed, generator=generator)
         self.block_size = check_positive_ints(block_size, self._dims, "block_size")

@@ -53,14 +53,8 @@ class Dropout(RateModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        shared_dims: Sequence[int] = (),
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, mode: str = "inverted",
+        shared_dims: Sequence[int] = (), seed: int | None = None, generator: torch.Generator | None = None,
         mask_storage: str = "bits",
     ) -> None:
         self.mode = check_mode(mode)

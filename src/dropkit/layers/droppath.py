@@ -36,12 +36,7 @@ class DropPath(StreamModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.0,
-        mode: str = "row",
-        scale_by_keep: bool = True,
-        *,
-        seed: int | None = None,
+        self, p: float = 0.0, mode: str = "row", scale_by_keep: bool = True, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

@@ -60,11 +60,7 @@ class GaussianNoise(StreamModule):
     """
 
     def __init__(
-        self,
-        stddev: float,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, stddev: float, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

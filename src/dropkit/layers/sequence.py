@@ -35,12 +35,7 @@ class LockedDropout(RateModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        batch_first: bool = False,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, p: float = 0.5, batch_first: bool = False, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, seed=seed, generator=generator)
@@ -80,12 +75,7 @@ class EmbeddingDropout(StreamModule):
     """
 
     def __init__(
-        self,
-        embedding: nn.Embedding,
-        p: float = 0.1,
-        scale: bool = True,
-        *,
-        seed: int | None = None,
+        self, embedding: nn.Embedding, p: float = 0.1, scale: bool = True, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

@@ -15,12 +15,7 @@ class _ChannelDropout(RateModule):
     _spatial = 0
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        channels_last: bool = False,
-        seed: int | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, channels_last: bool = False, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, seed=seed, generator=generator)

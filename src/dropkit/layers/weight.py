@@ -46,13 +46,8 @@ class DropConnect(StreamModule):
     _checked_attributes = {"p": check_p}
 
     def __init__(
-        self,
-        module: nn.Module,
-        p: float = 0.5,
-        names: Sequence[str] = ("weight",),
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, module: nn.Module, p: float = 0.5, names: Sequence[str] = ("weight",), *,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
         if not isinstance(module, _DROP_CONNECT_TYPES):
@@ -111,13 +106,8 @@ class WeightDrop(DropConnect):
     """
 
     def __init__(
-        self,
-        module: nn.Module,
-        p: float = 0.5,
-        names: Sequence[str] | None = None,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, module: nn.Module, p: float = 0.5, names: Sequence[str] | None = None, *,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(module, nn.RNNBase):
             raise TypeError(f"WeightDrop wraps nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}")

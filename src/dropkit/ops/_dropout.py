@@ -81,11 +81,7 @@ class _Dropout(torch.autograd.Function):
 
 
 def dropout(
-    x: torch.Tensor,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """Dropout of a contiguous ``x`` with autograd: ``where(keep, x * scale, 0)``.

@@ -8,10 +8,7 @@ from dropkit.ops._dispatch import backend_of, position
 
 
 def fuses_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
     enable_gqa: bool,
 ) -> bool:
     """Whether a backend runs attention with dropout as one kernel for these tensors (Triton).
@@ -26,12 +23,9 @@ def fuses_attention(
 
 
 def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    is_causal: bool,
-    scale: float, threshold: int, drop_scale: float, seed: int | torch.Tensor, offset: int | torch.Tensor,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, threshold: int, drop_scale: float, seed: int | torch.Tensor,
+    offset: int | torch.Tensor,
 ) -> torch.Tensor:
     """The fused attention-with-dropout kernel, where :func:`fuses_attention` says one exists."""
     backend = backend_of(query, "fused_attention")
@@ -53,18 +47,9 @@ def fuses_dropout_add_norm(x: torch.Tensor) -> bool:
 
 
 def dropout_add_norm(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    scale: float,
-    active: bool,
-    rms: bool,
-    eps: float,
-    save_mask: bool,
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, scale: float, active: bool,
+    rms: bool, eps: float, save_mask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused ``(norm(dropout(x) + residual), dropout(x) + residual)`` of contiguous 2-D
     ``(M, N)`` tensors, where :func:`fuses_dropout_add_norm` says a backend fuses it."""

@@ -14,12 +14,7 @@ __all__ = ["run_range", "keep_mask", "pack_mask", "unpack", "dropout_forward", "
 
 
 def run_range(
-    index0: int,
-    x: torch.Tensor | None,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float = 1.0,
+    index0: int, x: torch.Tensor | None, seed: int, offset: int, threshold: int, scale: float = 1.0,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Run the kernel on elements ``[index0, index0 + n)`` of a call, on the calling thread.
 
@@ -142,12 +137,7 @@ def dropout_forward(
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, +0.0)``, the mask read from ``saved`` or regenerated.
