@@ -23,7 +23,7 @@ import triton.language as tl
 
 from dropkit.backends._shared import opmath_dtype
 from dropkit.backends.contract import DEVICE, NOT_PROVIDED, describe
-from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, seed_to_signed
+from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, Position
 
 __all__ = [
     "BACKEND",
@@ -215,11 +215,7 @@ def _launch(
         return
     if stream is not None:
         # Positions given as ints (direct calls of this module) become device scalars.
-        stream = tuple(
-            v if isinstance(v, torch.Tensor)
-            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
-            for v in stream
-        )
+        stream = Position(*stream).on(device)
     dtype = opmath_dtype(x.dtype) if x is not None else torch.float32
     s = scale_tensor(float(scale), dtype, device)
     # Unused pointers still need a tensor of the right device; the constexprs keep them untouched.

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from dropkit.backends.triton import element_words, load_position
-from dropkit.rng import seed_to_signed
+from dropkit.rng import Position
 
 __all__ = ["attention", "supports"]
 
@@ -244,11 +244,7 @@ class _FlashAttention(torch.autograd.Function):
         block_m, block_n = _blocks()
         block_d = max(16, triton.next_power_of_2(dim))
         # The position as device scalars that the kernels read: no host sync, graph-capturable.
-        stream = tuple(
-            v if isinstance(v, torch.Tensor)
-            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=q.device)
-            for v in (seed, offset)
-        )
+        stream = Position(seed, offset).on(q.device)
         _forward_kernel[(triton.cdiv(length, block_m), n * h)](
             q, k, v, out, lse, mask_t if mask_t is not None else lse, *strides, length, s_len, dim,
             scale, drop_scale, *stream, threshold,

@@ -33,8 +33,7 @@ class AlphaDropout(_Alpha):
     Args:
         p: probability of dropping an element, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(*)``. Output: same.
@@ -54,8 +53,7 @@ class FeatureAlphaDropout(_Alpha):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, C, *)``, always batched. Output: same.

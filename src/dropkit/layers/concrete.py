@@ -43,8 +43,7 @@ class ConcreteDropout(StreamModule):
         dropout_regularizer: coefficient of the entropy term, >= 0. Default: 1e-5.
         spatial: one mask value per (sample, channel) of (N, C, *) inputs, temperature 2/3.
         temperature: override the relaxation temperature (> 0).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, *)`` (``(N, C, *)`` with ``spatial``). Output: that of ``layer``.

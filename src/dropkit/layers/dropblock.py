@@ -49,8 +49,7 @@ class DropBlock2d(_DropBlock):
         block_size: a positive int or (b_h, b_w); clipped to the map. Default: 7.
         inplace: do the operation in place.
         shared_channels: one block mask per sample for all channels (default: per channel).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, H, W) or (C, H, W). Output: same.
@@ -69,8 +68,7 @@ class DropBlock3d(_DropBlock):
         block_size: a positive int or (b_d, b_h, b_w); clipped to the map. Default: 7.
         inplace: do the operation in place.
         shared_channels: one block mask per sample for all channels (default: per channel).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, D, H, W) or (C, D, H, W). Output: same.

@@ -22,8 +22,7 @@ class DropPath(StreamModule):
         p: probability of dropping the branch, in [0, 1]. Default: 0.0.
         mode: "row" (one draw per sample, N words) or "batch" (one draw, 1 word).
         scale_by_keep: divide kept samples by ``1 - p``. Default: True.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, *)``. Output: same.
@@ -66,8 +65,7 @@ class StochasticDepth(DropPath):
         p: probability of dropping the branch, in [0, 1]. Default: 0.0.
         mode: "row" or "batch".
         scale_by_keep: divide kept samples by ``1 - p``. Default: True.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, *)``. Output: same.

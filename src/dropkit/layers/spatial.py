@@ -40,8 +40,7 @@ class Dropout1d(_ChannelDropout):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, L, C) (Keras's SpatialDropout1D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, L) or (C, L) ((N, L, C) or (L, C) with ``channels_last``). Output: same.
@@ -66,8 +65,7 @@ class Dropout2d(_ChannelDropout):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, H, W, C) (Keras's SpatialDropout2D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, H, W) or (C, H, W) ((N, H, W, C) or (H, W, C) with ``channels_last``).
@@ -91,8 +89,7 @@ class Dropout3d(_ChannelDropout):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, D, H, W, C) (Keras's SpatialDropout3D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, D, H, W) or (C, D, H, W) (channels last with ``channels_last``). Output: same.

@@ -31,8 +31,7 @@ class DropConnect(StreamModule):
         module: the nn.Linear / nn.Conv1d / nn.Conv2d / nn.Conv3d to wrap.
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
         names: parameters to drop. Default: ``("weight",)``.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         That of the wrapped layer, e.g. (N, H_in) -> (N, H_out) or (N, C_in, H, W) -> (N, C_out, H', W').
@@ -91,8 +90,7 @@ class WeightDrop(DropConnect):
         module: the nn.LSTM / nn.GRU / nn.RNN to wrap.
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
         names: parameters to drop. Default: every ``weight_hh_l*`` of the module.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         That of the wrapped module: input (L, N, H_in) (or batch first), output

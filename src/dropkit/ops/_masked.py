@@ -24,17 +24,8 @@ import torch
 from dropkit import _torch
 from dropkit.backends._shared import saved_like
 from dropkit.backends.contract import HOST, Backend
+from dropkit.ops import _dispatch as dispatch
 from dropkit.ops._autograd import adjoint, saves
-from dropkit.ops._dispatch import (
-    REFERENCE,
-    _functorch_active,
-    _tracing_state,
-    as_tensors,
-    backend_of,
-    compiling,
-    position,
-    refuse_tracing,
-)
 
 # kind -> (forward kernel, backward kernel): fields of the backend contract.
 _KERNELS = {
@@ -49,10 +40,10 @@ _BACKWARD = {kind: attrgetter(names[1]) for kind, names in _KERNELS.items()}
 def _backend(kind: str, x: torch.Tensor, which: int) -> Backend:
     """The backend for ``kind`` on ``x``; the reference one where ``x`` has more dims of size > 1
     than the backend's kernels take (its declared ``max_dims``)."""
-    backend = backend_of(x, _KERNELS[kind][which])
+    backend = dispatch.backend_of(x, _KERNELS[kind][which])
     limit = backend.max_dims
     if limit is not None and x.dim() > limit and sum(1 for s in x.shape if s != 1) > limit:
-        return REFERENCE
+        return dispatch.REFERENCE
     return backend
 
 
@@ -62,7 +53,7 @@ def _forward_body(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(y, saved, extra)`` from the backend; ``extra`` is DropBlock's scale (else 0.0)."""
     backend = _backend(kind, x, 0)
-    seed, offset = position(backend, seed, offset, x.device)
+    seed, offset = dispatch.position(backend, seed, offset, x.device)
     if kind == "dropblock":
         params = (bool(params[0]),)
     out = _FORWARD[kind](backend)(x, tuple(shape_arg), seed, offset, threshold, *params, storage)
@@ -75,7 +66,7 @@ def _backward_body(
 ) -> torch.Tensor:
     """The backward map of ``kind``; ``bparams`` is the first forward parameter."""
     backend = _backend(kind, grad, 1)
-    seed, offset = position(backend, seed, offset, grad.device)
+    seed, offset = dispatch.position(backend, seed, offset, grad.device)
     if kind == "dropblock":
         bparams = (bool(bparams[0]), float(extra))
     return _BACKWARD[kind](backend)(grad, saved, tuple(shape_arg), seed, offset, threshold, *bparams, storage)
@@ -114,18 +105,18 @@ def _(grad, seed, offset, saved, kind, shape_arg, threshold, bparams, extra, sto
 
 
 def _forward(x, seed, offset, kind, shape_arg, threshold, params, storage):
-    if compiling():
-        return _forward_op(x, *as_tensors(seed, offset), kind, list(shape_arg), threshold,
+    if dispatch.compiling():
+        return _forward_op(x, *dispatch.as_tensors(seed, offset), kind, list(shape_arg), threshold,
                            [float(v) for v in params], storage)
     return _forward_body(x, seed, offset, kind, shape_arg, threshold, params, storage)
 
 
 def _grad_map(grad, saved, seed, offset, kind, shape_arg, threshold, bparams, extra, storage):
-    if compiling():
+    if dispatch.compiling():
         if not isinstance(extra, torch.Tensor):
             extra = torch.tensor(float(extra), dtype=torch.float64)
-        return _backward_op(grad.contiguous(), *as_tensors(seed, offset), saved, kind, list(shape_arg),
-                            threshold, [float(v) for v in bparams], extra, storage)
+        return _backward_op(grad.contiguous(), *dispatch.as_tensors(seed, offset), saved, kind,
+                            list(shape_arg), threshold, [float(v) for v in bparams], extra, storage)
     return _backward_body(grad.contiguous(), seed, offset, saved, kind, shape_arg, threshold, bparams,
                           float(extra), storage)
 
@@ -148,12 +139,12 @@ class _Masked(torch.autograd.Function):
 
 
 def _masked(kind, x, shape_arg, seed, offset, threshold, params, storage) -> torch.Tensor:
-    if _tracing_state() is not None:
-        refuse_tracing()
+    if dispatch._tracing_state() is not None:
+        dispatch.refuse_tracing()
     args = (x, kind, tuple(shape_arg), seed, offset, threshold, tuple(params), storage)
-    if _functorch_active():
+    if dispatch._functorch_active():
         return _Masked.apply(*args)
-    if not compiling() and not saves(x):
+    if not dispatch.compiling() and not saves(x):
         # Nothing will be needed for backward, and no graph node either (inference, MC dropout).
         return _forward_body(x, seed, offset, kind, args[2], threshold, args[6], "seed")[0]
     return _masked_apply(*args)
@@ -178,13 +169,14 @@ def bcast_dropout(
         >>> torch.equal(y, torch.where(keep, x * 2.0, torch.zeros(())))
         True
     """
-    if storage == "seed" and not compiling() and _tracing_state() is None and not _functorch_active():
-        backend = backend_of(x, "bcast_dropout_redraw")
+    if storage == "seed" and not dispatch.compiling() and dispatch._tracing_state() is None \
+            and not dispatch._functorch_active():
+        backend = dispatch.backend_of(x, "bcast_dropout_redraw")
         limit = backend.max_dims
         if backend.bcast_dropout_redraw is not None and backend.position == HOST and (
                 limit is None or x.dim() <= limit):
             # The backend draws the mask again for backward and keeps none (see _autograd).
-            args = (tuple(mask_shape), *position(backend, seed, offset, x.device), threshold, scale)
+            args = (tuple(mask_shape), *dispatch.position(backend, seed, offset, x.device), threshold, scale)
             return adjoint(x, _redraw_map(backend), None, args) if saves(x) else \
                 backend.bcast_dropout_redraw(x, *args)
     return _masked("bcast", x, mask_shape, seed, offset, threshold, (scale,), storage)
