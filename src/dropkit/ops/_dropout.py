@@ -77,7 +77,14 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
-        return adjoint(grad_y, _grad_map, saved, ctx.args), None, None, None, None, None
+        seed, offset, threshold, scale, storage = ctx.args
+        if type(seed) is int and type(offset) is int and not torch.is_grad_enabled():
+            # Host positions, no graph of the backward: _grad_map's eager case written out (the
+            # per-call path of CPU training).
+            grad_x = _backward_body(grad_y.contiguous(), seed, offset, saved, threshold, scale, storage)
+        else:
+            grad_x = adjoint(grad_y, _grad_map, saved, ctx.args)
+        return grad_x, None, None, None, None, None
 
 
 def dropout(
