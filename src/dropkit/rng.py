@@ -17,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import numbers
 import threading
+from typing import NoReturn, Protocol
 
 import torch
+
+from dropkit import _torch
 
 __all__ = [
     "STREAM_VERSION",
@@ -38,10 +41,17 @@ __all__ = [
     "derive_seed",
     "seed_to_signed",
     "signed_to_seed",
+    "Position",
+    "StreamProtocol",
     "Stream",
     "DrawnStream",
     "BufferStream",
     "TensorStream",
+    "TracedStream",
+    "check_position",
+    "check_generator",
+    "open_stream",
+    "refuse_tracing",
 ]
 
 STREAM_VERSION = "philox-v1"
@@ -273,6 +283,82 @@ def derive_seed(base_seed: int, *parts: str | int) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+class Position(tuple):
+    """A stream position ``(seed, offset)``: on the host as Python ints in ``[0, 2**64)``, or on a
+    device as two 0-dim int64 tensors holding the same bits (two's complement), which kernels
+    read from memory without a sync.
+
+    It is a pair (``seed, offset = position`` works) with the two conversions the code needs:
+    :meth:`host` (ints; reads device tensors back, a sync) and :meth:`on` (tensors on a device;
+    ints are copied there without blocking).
+
+    Example:
+        >>> p = Position(2**64 - 1, 5)
+        >>> p.on_host, p.on("cpu").seed.item(), p.on("cpu").host() == p
+        (True, -1, True)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, seed: int | torch.Tensor, offset: int | torch.Tensor) -> Position:
+        return tuple.__new__(cls, (seed, offset))
+
+    @property
+    def seed(self) -> int | torch.Tensor:
+        """The key of the stream."""
+        return self[0]
+
+    @property
+    def offset(self) -> int | torch.Tensor:
+        """The first 4-word block of the draw."""
+        return self[1]
+
+    @property
+    def on_host(self) -> bool:
+        """Whether both halves are Python ints."""
+        return type(self[0]) is int and type(self[1]) is int
+
+    def host(self) -> Position:
+        """This position as unsigned Python ints (a device tensor is read back: a sync)."""
+        seed, offset = self
+        if type(seed) is not int:
+            seed = signed_to_seed(int(seed))
+        if type(offset) is not int:
+            offset = signed_to_seed(int(offset))
+        return tuple.__new__(Position, (seed, offset))
+
+    def on(self, device: torch.device | str | None) -> Position:
+        """This position as 0-dim int64 tensors: ints become tensors on ``device`` (None: the
+        CPU), copied without blocking; tensors are kept as they are (wherever they live)."""
+        seed, offset = self
+        if type(seed) is int:
+            seed = _tensor_on(seed, device)
+        if type(offset) is int:
+            offset = _tensor_on(offset, device)
+        return tuple.__new__(Position, (seed, offset))
+
+    def __repr__(self) -> str:
+        return f"Position(seed={self[0]!r}, offset={self[1]!r})"
+
+
+def _tensor_on(value: int, device: torch.device | str | None) -> torch.Tensor:
+    tensor = torch.tensor(seed_to_signed(value), dtype=torch.int64)
+    return tensor if device is None else tensor.to(device, non_blocking=True)
+
+
+class StreamProtocol(Protocol):
+    """What every stream is: ``take(words)`` reserves exactly ``words`` words and returns the
+    :class:`Position` of the first one; the next ``take`` starts past them.
+
+    :class:`Stream`, :class:`DrawnStream`, :class:`BufferStream` and :class:`TensorStream` are
+    streams, and so are the recording and replaying streams of activation checkpointing
+    (:mod:`dropkit.layers`) and :class:`TracedStream`. The function that draws is the one that
+    calls ``take``; no caller predicts how many words it will use.
+    """
+
+    def take(self, words: int) -> Position: ...
+
+
 class Stream:
     """A position on the philox-v1 stream that reserves exactly the words drawn from it.
 
@@ -288,7 +374,7 @@ class Stream:
     Example:
         >>> s = Stream(7)
         >>> s.take(10), s.take(1), s.offset, s.words
-        ((7, 0), (7, 3), 4, 11)
+        (Position(seed=7, offset=0), Position(seed=7, offset=3), 4, 11)
     """
 
     __slots__ = ("seed", "offset", "words")
@@ -298,12 +384,12 @@ class Stream:
         self.offset = offset
         self.words = 0
 
-    def take(self, words: int) -> tuple[int, int]:
-        """Reserve ``words`` words; returns the ``(seed, offset)`` of the first one."""
+    def take(self, words: int) -> Position:
+        """Reserve ``words`` words; returns the position of the first one."""
         start = self.offset
         self.offset = (start + ((words + 3) >> 2)) & (_U64 - 1)
         self.words += words
-        return self.seed, start
+        return tuple.__new__(Position, (self.seed, start))
 
 
 class DrawnStream(Stream):
@@ -322,14 +408,14 @@ class DrawnStream(Stream):
         super().__init__(None, 0)
         self.generator = generator
 
-    def take(self, words: int) -> tuple[int, int]:
+    def take(self, words: int) -> Position:
         """Reserve ``words`` words, drawing the seed first if this is the first draw."""
         if self.seed is None:
             self.seed = draw_seed_int(self.generator)
         return Stream.take(self, words)
 
 
-class BufferStream(Stream):
+class BufferStream:
     """The stream of a seeded module whose ``seed`` and ``offset`` buffers live on the CPU.
 
     It reads and advances the buffers in place through NumPy views of their memory (about a
@@ -341,25 +427,24 @@ class BufferStream(Stream):
         >>> seed, offset = torch.tensor(5), torch.tensor(0)
         >>> s = BufferStream(seed, offset)
         >>> s.take(9), int(offset)
-        ((5, 0), 3)
+        (Position(seed=5, offset=0), 3)
     """
 
-    __slots__ = ("seed_buffer", "offset_buffer", "_seed", "_offset")
+    __slots__ = ("seed_buffer", "offset_buffer", "words", "_seed", "_offset")
     _lock = threading.Lock()
 
     def __init__(self, seed: torch.Tensor, offset: torch.Tensor) -> None:
-        super().__init__(None, 0)
-        self.seed_buffer, self.offset_buffer = seed, offset
+        self.seed_buffer, self.offset_buffer, self.words = seed, offset, 0
         self._seed = seed.detach().numpy().view("uint64")
         self._offset = offset.detach().numpy().view("uint64")
 
-    def take(self, words: int) -> tuple[int, int]:
-        """Reserve ``words`` words from the buffers; returns unsigned ``(seed, offset)`` ints."""
+    def take(self, words: int) -> Position:
+        """Reserve ``words`` words from the buffers; returns the position as unsigned ints."""
         with BufferStream._lock:
             start = int(self._offset[()])
             self._offset[()] = (start + ((words + 3) >> 2)) & (_U64 - 1)
             self.words += words
-        return int(self._seed[()]), start
+        return tuple.__new__(Position, (int(self._seed[()]), start))
 
 
 @torch.library.custom_op("dropkit::position_copy", mutates_args=())
@@ -406,7 +491,7 @@ class TensorStream:
         self.seed, self.offset, self.generator, self.lock = seed, offset, generator, lock
         self.words = 0
 
-    def take(self, words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, words: int) -> Position:
         """Reserve ``words`` words; returns the seed and a copy of the starting offset."""
         if self.seed is None:
             self.seed = draw_seed(self.generator).to(self.offset.device)
@@ -415,9 +500,106 @@ class TensorStream:
         with self.lock:
             return self._reserve(words)
 
-    def _reserve(self, words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reserve(self, words: int) -> Position:
         # Compiled code (no lock) takes the copy as an op of its own (see _position_copy).
         start = self.offset.clone() if self.lock is not None else _position_copy(self.offset)
         self.offset.add_((words + 3) >> 2)
         self.words += words
-        return self.seed, start
+        return tuple.__new__(Position, (self.seed, start))
+
+
+def refuse_tracing() -> NoReturn:
+    """Raise the RuntimeError that explains why a random draw cannot be traced."""
+    # torch.jit.trace (and the legacy ONNX exporter, which traces) would record this call's
+    # random draw as a constant of the graph: every run of the traced model would reuse it.
+    raise RuntimeError(
+        "dropkit's random draws cannot be traced (torch.jit.trace, or torch.onnx.export with "
+        "training=TrainingMode.TRAINING): the trace would hold one fixed mask. Trace or export the "
+        "model in eval mode"
+    )
+
+
+class TracedStream:
+    """The stream of a call under torch.jit.trace: a draw would become a constant of the trace,
+    so the first ``take`` refuses (:func:`refuse_tracing`)."""
+
+    __slots__ = ()
+
+    def take(self, words: int) -> Position:
+        """Refuse: see the class docstring."""
+        refuse_tracing()
+
+
+def check_generator(generator: object) -> torch.Generator | None:
+    """Check that ``generator`` is None or a torch.Generator (TypeError naming it otherwise).
+
+    Example:
+        >>> check_generator(None) is None
+        True
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r} of type "
+                        f"{type(generator).__name__}")
+    return generator
+
+
+def check_position(value: object, name: str) -> int | torch.Tensor:
+    """Check a ``seed`` or ``offset`` argument: an int in [0, 2**64), or a one-element integer
+    tensor holding its two's-complement int64 bits (a seeded layer's buffer, say).
+
+    Raises:
+        TypeError: for a float, bool or complex tensor (never truncated) or another type.
+        ValueError: for an int outside [0, 2**64) or a tensor of more than one element.
+
+    Example:
+        >>> check_position(torch.tensor([-1]), "seed")
+        tensor(-1)
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an int or an integer tensor, got a {value.dtype} tensor "
+                            f"({value!r}); a stream position is never rounded")
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a one-element tensor, got shape {tuple(value.shape)}")
+        return value.reshape(()).to(torch.int64)
+    return check_seed(value, name)
+
+
+def open_stream(
+    seed: int | torch.Tensor | None,
+    offset: int | torch.Tensor,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> StreamProtocol:
+    """The stream a functional call draws from, built from its ``seed``, ``offset`` and
+    ``generator`` arguments (checked here, once).
+
+    ``seed=None`` draws a fresh seed from ``generator`` (torch's default generator if None) at
+    the first draw. On the CPU the position travels as Python ints (:class:`Stream`); on other
+    devices and under torch.compile as tensors on ``device`` (:class:`TensorStream`), so that no
+    value is read back to the host.
+
+    Example:
+        >>> open_stream(5, 2, None, torch.device("cpu")).take(4)
+        Position(seed=5, offset=2)
+    """
+    generator = check_generator(generator)
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if _torch.tracing_state() is not None:
+        return TracedStream()
+    if seed is not None:
+        seed = check_position(seed, "seed")
+    offset = check_position(offset, "offset")
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        if isinstance(offset, torch.Tensor):
+            offset = signed_to_seed(int(offset))
+        if seed is None:
+            stream = DrawnStream(generator)
+            stream.offset = offset
+            return stream
+        return Stream(signed_to_seed(int(seed)) if isinstance(seed, torch.Tensor) else seed, offset)
+    seed_tensor, offset_tensor = Position(0 if seed is None else seed, offset).on(None)
+    # The stream advances its offset in place: never the caller's own tensor.
+    offset_tensor = offset_tensor.to(device, copy=True)
+    return TensorStream(None if seed is None else seed_tensor.to(device), offset_tensor, generator)

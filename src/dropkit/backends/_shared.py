@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "opmath_dtype",
+    "saved_like",
     "check_mask_shape",
     "dropblock_mask_shape",
     "dropblock_scale",
@@ -36,6 +37,26 @@ _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype dropout's product is computed in: float64 for float64, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def saved_like(ref: torch.Tensor, n: int, storage: str) -> torch.Tensor:
+    """The uninitialized buffer, on ``ref``'s device, that ``storage`` keeps of a mask of ``n``
+    elements: ``(ceil(n / 8),)`` uint8 ("bits"), ``(n,)`` bool ("bool") or ``(0,)`` uint8 ("seed").
+
+    Raises:
+        ValueError: naming ``storage`` if it is none of those.
+
+    Example:
+        >>> saved_like(torch.ones(1), 20, "bits").shape
+        torch.Size([3])
+    """
+    if storage == "bits":
+        return ref.new_empty(((n + 7) // 8,), dtype=torch.uint8)
+    if storage == "bool":
+        return ref.new_empty((n,), dtype=torch.bool)
+    if storage == "seed":
+        return ref.new_empty((0,), dtype=torch.uint8)
+    raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
 
 
 def check_mask_shape(shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[int, ...]:

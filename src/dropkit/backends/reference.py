@@ -6,6 +6,7 @@ It is the oracle that the native CPU and Triton backends are tested against bit 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -21,11 +22,11 @@ from dropkit.backends._shared import (
     opmath_dtype,
     unpack_mask,
 )
+from dropkit.backends.contract import HOST, NOT_PROVIDED, describe
 from dropkit.rng import philox_words, words_to_uniform
 
 __all__ = [
-    "POSITION",
-    "DTYPES",
+    "BACKEND",
     "keep_mask",
     "pack_mask",
     "unpack_mask",
@@ -46,10 +47,6 @@ __all__ = [
     "dropblock_forward",
     "dropblock_backward",
 ]
-
-# Stream positions arrive as Python ints; every dtype and device is served.
-POSITION = "host"
-DTYPES = None
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -96,12 +93,7 @@ def dropout_forward(
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, 0)`` with the mask taken from ``saved`` or the stream."""
@@ -185,10 +177,7 @@ def _saved_of(mask: torch.Tensor, storage: str) -> torch.Tensor:
 
 
 def bcast_keep_mask(
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
+    mask_shape: Sequence[int], seed: int, offset: int, threshold: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Bool keep-mask of shape ``mask_shape``: element ``j`` (row-major) is kept iff word ``j`` >= t."""
@@ -196,12 +185,7 @@ def bcast_keep_mask(
 
 
 def _mask_from(
-    saved: torch.Tensor,
-    mask_shape: tuple[int, ...],
-    seed: int,
-    offset: int,
-    threshold: int,
-    storage: str,
+    saved: torch.Tensor, mask_shape: tuple[int, ...], seed: int, offset: int, threshold: int, storage: str,
     device: torch.device | str | None,
 ) -> torch.Tensor:
     n = math.prod(mask_shape)
@@ -222,12 +206,7 @@ def _scale_zero(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tens
 
 
 def bcast_dropout_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * scale, +0.0)`` with the mask drawn over ``mask_shape``.
@@ -241,14 +220,8 @@ def bcast_dropout_forward(
 
 
 def bcast_dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or the stream."""
     ms = check_mask_shape(grad.shape, mask_shape)
@@ -256,15 +229,8 @@ def bcast_dropout_backward(
 
 
 def alpha_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    b: float,
-    fill: float,
-    storage: str,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, a: float, b: float,
+    fill: float, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha dropout's replacement ``y = where(keep[broadcast], x * a + b, fill)``.
 
@@ -281,27 +247,16 @@ def alpha_forward(
 
 
 def alpha_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, a: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * a, +0.0)``, as :func:`bcast_dropout_backward`."""
     return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
 
 
 def dropblock_mask(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool = False,
-    device: torch.device | str | None = None,
+    shape: Sequence[int], block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool = False, device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, int]:
     """DropBlock's keep-mask over ``(N, C or 1, *spatial)`` and its kept count.
 
@@ -315,13 +270,8 @@ def dropblock_mask(
 
 
 def dropblock_forward(
-    x: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    storage: str,
+    x: torch.Tensor, block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """DropBlock on a batched ``x`` (N, C, *spatial): ``(y, saved, scale)``.
 
@@ -335,15 +285,8 @@ def dropblock_forward(
 
 
 def dropblock_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, block_size: Sequence[int], seed: int, offset: int,
+    threshold: int, shared_channels: bool, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``; ``"seed"`` rebuilds the block mask."""
     ms = dropblock_mask_shape(grad.shape, shared_channels)
@@ -353,3 +296,9 @@ def dropblock_backward(
     else:
         keep = _mask_from(saved, ms, seed, offset, threshold, storage, grad.device)
     return _scale_zero(grad, keep, dropblock_applied_scale(scale, grad.dtype))
+
+
+# Stream positions arrive as Python ints; every dtype and device is served, every kernel but the
+# fused ones (and the redraw shortcut of the native backend) provided.
+BACKEND = describe(sys.modules[__name__], "reference", HOST, dtypes=None, max_dims=None,
+                   bcast_dropout_redraw=NOT_PROVIDED, fused_attention=NOT_PROVIDED, fused_norm=NOT_PROVIDED)

@@ -15,16 +15,18 @@ once and uses the reference backend. The same kernels run on CPU tensors under
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import triton
 import triton.language as tl
 
 from dropkit.backends._shared import opmath_dtype
-from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, seed_to_signed
+from dropkit.backends.contract import DEVICE, NOT_PROVIDED, describe
+from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, Position
 
 __all__ = [
-    "POSITION",
+    "BACKEND",
     "DTYPES",
     "keep_mask",
     "pack_mask",
@@ -35,9 +37,8 @@ __all__ = [
     "fused_attention",
 ]
 
-# Stream positions arrive as 0-dim int64 device tensors and the kernels read them from memory:
-# no value travels back to the host, and a launch can be captured in a CUDA graph.
-POSITION = "device"
+# Stream positions arrive as 0-dim int64 device tensors (DEVICE in BACKEND) and the kernels read
+# them from memory: no value travels back to the host, and a launch can be captured in a CUDA graph.
 DTYPES = frozenset((torch.float32, torch.float64, torch.bfloat16, torch.float16))
 
 # Philox blocks per program: 4 * BLOCK elements and BLOCK / 2 mask bytes per program.
@@ -205,28 +206,16 @@ def scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torc
 
 
 def _launch(
-    n: int,
-    device: torch.device,
-    *,
-    x: torch.Tensor | None = None,
-    y: torch.Tensor | None = None,
-    mask_in: torch.Tensor | None = None,
-    mask_out: torch.Tensor | None = None,
-    scale: float = 1.0,
-    stream: tuple[int | torch.Tensor, int | torch.Tensor] | None = None,
-    threshold: int = 0,
-    source: int = _FROM_STREAM,
-    save: int = _SAVE_NONE,
+    n: int, device: torch.device, *, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+    mask_in: torch.Tensor | None = None, mask_out: torch.Tensor | None = None, scale: float = 1.0,
+    stream: tuple[int | torch.Tensor, int | torch.Tensor] | None = None, threshold: int = 0,
+    source: int = _FROM_STREAM, save: int = _SAVE_NONE,
 ) -> None:
     if n == 0:
         return
     if stream is not None:
         # Positions given as ints (direct calls of this module) become device scalars.
-        stream = tuple(
-            v if isinstance(v, torch.Tensor)
-            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
-            for v in stream
-        )
+        stream = Position(*stream).on(device)
     dtype = opmath_dtype(x.dtype) if x is not None else torch.float32
     s = scale_tensor(float(scale), dtype, device)
     # Unused pointers still need a tensor of the right device; the constexprs keep them untouched.
@@ -266,10 +255,7 @@ def fused_norm():
 
 
 def keep_mask(
-    numel: int,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
+    numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Bool keep-mask of shape (numel,): element ``i`` is kept iff word ``i`` >= ``threshold``."""
@@ -309,13 +295,8 @@ def dropout_forward(
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, 0)``, the mask read from ``saved`` or regenerated."""
     out = torch.empty_like(grad, memory_format=torch.contiguous_format)
@@ -326,31 +307,22 @@ def dropout_backward(
     return out
 
 
-# The shared-mask kernels (broadcast dims, alpha dropout, DropBlock) live in triton_bcast, which
-# builds on the kernels above (and imports this module); they are part of this backend's contract
-# and are looked up here on first use.
-_SHARED_MASK_OPS = (
-    "bcast_dropout_forward",
-    "bcast_dropout_backward",
-    "alpha_forward",
-    "alpha_backward",
-    "dropblock_forward",
-    "dropblock_backward",
+# The shared-mask kernels (broadcast dims, alpha dropout, DropBlock) live in triton_bcast and the
+# normals and Gaussian noise in triton_noise; both build on the kernels above (and import this
+# module, which is complete by now). There is no uniform kernel and no redraw shortcut: the
+# reference backend draws uniforms on the device, and the shared masks are saved or drawn again.
+from dropkit.backends.triton_bcast import (  # noqa: E402
+    alpha_backward,
+    alpha_forward,
+    bcast_dropout_backward,
+    bcast_dropout_forward,
+    dropblock_backward,
+    dropblock_forward,
 )
-__all__ += list(_SHARED_MASK_OPS)
+from dropkit.backends.triton_noise import gaussian_apply, normal  # noqa: E402
 
-# The normals and the fused Gaussian kernels live in triton_noise, looked up the same way.
-_NOISE_OPS = ("normal", "gaussian_apply")
-__all__ += list(_NOISE_OPS)
+__all__ += ["bcast_dropout_forward", "bcast_dropout_backward", "alpha_forward", "alpha_backward",
+            "dropblock_forward", "dropblock_backward", "normal", "gaussian_apply"]
 
-
-def __getattr__(name: str):
-    if name in _SHARED_MASK_OPS:
-        from dropkit.backends import triton_bcast
-
-        return getattr(triton_bcast, name)
-    if name in _NOISE_OPS:
-        from dropkit.backends import triton_noise
-
-        return getattr(triton_noise, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+BACKEND = describe(sys.modules[__name__], "triton", DEVICE, dtypes=DTYPES, max_dims=None,
+                   uniform=NOT_PROVIDED, bcast_dropout_redraw=NOT_PROVIDED)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from dropkit.backends.triton import element_words, load_position
-from dropkit.rng import seed_to_signed
+from dropkit.rng import Position
 
 __all__ = ["attention", "supports"]
 
@@ -202,10 +202,7 @@ def _blocks() -> tuple[int, int]:
 
 
 def supports(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
     enable_gqa: bool,
 ) -> bool:
     """Whether :func:`attention` handles these inputs (else the composite path runs)."""
@@ -247,11 +244,7 @@ class _FlashAttention(torch.autograd.Function):
         block_m, block_n = _blocks()
         block_d = max(16, triton.next_power_of_2(dim))
         # The position as device scalars that the kernels read: no host sync, graph-capturable.
-        stream = tuple(
-            v if isinstance(v, torch.Tensor)
-            else torch.tensor(seed_to_signed(v), dtype=torch.int64, device=q.device)
-            for v in (seed, offset)
-        )
+        stream = Position(seed, offset).on(q.device)
         _forward_kernel[(triton.cdiv(length, block_m), n * h)](
             q, k, v, out, lse, mask_t if mask_t is not None else lse, *strides, length, s_len, dim,
             scale, drop_scale, *stream, threshold,
@@ -283,15 +276,8 @@ class _FlashAttention(torch.autograd.Function):
 
 
 def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    is_causal: bool,
-    scale: float,
-    threshold: int,
-    drop_scale: float,
-    seed: int | torch.Tensor,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, threshold: int, drop_scale: float, seed: int | torch.Tensor,
     offset: int | torch.Tensor,
 ) -> torch.Tensor:
     """Attention with philox-v1 dropout of ``(N, H, L, E)`` tensors (see :func:`supports`).

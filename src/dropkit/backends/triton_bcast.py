@@ -21,17 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dropkit.backends import _shared
 from dropkit.backends import triton as tb
-from dropkit.backends._shared import (
-    blocks_kept,
-    check_mask_shape,
-    dropblock_applied_scale,
-    dropblock_mask_shape,
-    dropblock_scale,
-    dropblock_seed_shape,
-    opmath_dtype,
-    unpack_mask,
-)
 
 __all__ = [
     "bcast_dropout_forward",
@@ -103,13 +94,13 @@ def _apply(
         return y
     nest = _nest(x, y, mask_shape)
     if len(nest) > _NEST:  # more than four dims that do not merge: the same formulas in torch
-        mask = unpack_mask(bits, math.prod(mask_shape)).view(mask_shape)
-        dt = opmath_dtype(x.dtype)
+        mask = _shared.unpack_mask(bits, math.prod(mask_shape)).view(mask_shape)
+        dt = _shared.opmath_dtype(x.dtype)
         first, *rest = (torch.tensor(v, dtype=dt, device=x.device) for v in params)
         if op == _OP_SCALE:
             return y.copy_(torch.where(mask, x.to(dt) * first, torch.zeros((), dtype=dt, device=x.device)))
         return y.copy_(torch.where(mask, x.to(dt) * first + rest[0], rest[1]))
-    p = torch.tensor(list(params), dtype=opmath_dtype(x.dtype), device=x.device)
+    p = torch.tensor(list(params), dtype=_shared.opmath_dtype(x.dtype), device=x.device)
     sizes, xs, ys, ms = zip(*nest, strict=True)
     _bcast_apply_kernel[(triton.cdiv(n, APPLY_BLOCK),)](
         x, y, bits, p, n, *sizes, *xs, *ys, *ms, OP=op, BLOCK=APPLY_BLOCK, num_warps=4, enable_fp_fusion=False
@@ -142,75 +133,46 @@ def _bits_of(
 
 
 def bcast_dropout_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * scale, +0.0)``, as the CPU backend's ``bcast_dropout_forward``."""
-    ms = check_mask_shape(x.shape, mask_shape)
+    ms = _shared.check_mask_shape(x.shape, mask_shape)
     bits, saved = _draw(math.prod(ms), seed, offset, threshold, storage, x.device)
     return _apply(_OP_SCALE, x, bits, ms, (scale,)), saved
 
 
 def bcast_dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or regenerated."""
-    ms = check_mask_shape(grad.shape, mask_shape)
+    ms = _shared.check_mask_shape(grad.shape, mask_shape)
     bits = _bits_of(saved, math.prod(ms), seed, offset, threshold, storage, grad.device)
     return _apply(_OP_SCALE, grad, bits, ms, (scale,))
 
 
 def alpha_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    b: float,
-    fill: float,
-    storage: str,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, a: float, b: float,
+    fill: float, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * a + b, fill)``: as :func:`dropkit.backends.cpu.alpha_forward`."""
-    ms = check_mask_shape(x.shape, mask_shape)
+    ms = _shared.check_mask_shape(x.shape, mask_shape)
     bits, saved = _draw(math.prod(ms), seed, offset, threshold, storage, x.device)
     return _apply(_OP_ALPHA, x, bits, ms, (a, b, fill)), saved
 
 
 def alpha_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, a: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * a, +0.0)``."""
     return bcast_dropout_backward(grad, saved, mask_shape, seed, offset, threshold, a, storage)
 
 
 def _dropblock_mask(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    shared_channels: bool,
-    device: torch.device,
+    shape: Sequence[int], block_size: Sequence[int], seed: int | torch.Tensor, offset: int | torch.Tensor,
+    threshold: int, shared_channels: bool, device: torch.device,
 ) -> tuple[torch.Tensor, int]:
     """DropBlock's keep-mask on the device: seeds from the Triton stream kernel, blocks by max-pool.
 
@@ -218,45 +180,33 @@ def _dropblock_mask(
     word is below ``threshold``; position ``y`` is dropped iff a seed lies at ``y - b + 1 .. y``
     along every spatial axis (docs/rng.md). The kept count is read back to the host for the scale.
     """
-    seed_shape = dropblock_seed_shape(tuple(shape), tuple(block_size), shared_channels)
+    seed_shape = _shared.dropblock_seed_shape(tuple(shape), tuple(block_size), shared_channels)
     seeds = ~tb.keep_mask(math.prod(seed_shape), seed, offset, threshold, device)
-    return blocks_kept(seeds.view(seed_shape), block_size)
+    return _shared.blocks_kept(seeds.view(seed_shape), block_size)
 
 
 def dropblock_forward(
-    x: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    storage: str,
+    x: torch.Tensor, block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """DropBlock on a batched ``x``: ``(y, saved, scale)``, as the CPU backend's ``dropblock_forward``."""
     if storage not in ("bits", "bool", "seed"):
         raise ValueError(f"storage must be 'bits', 'seed' or 'bool', got {storage!r}")
     shape, dev = x.shape, x.device
     keep, kept = _dropblock_mask(shape, block_size, seed, offset, threshold, shared_channels, dev)
-    scale = dropblock_scale(keep.numel(), kept)
+    scale = _shared.dropblock_scale(keep.numel(), kept)
     bits = tb.pack_mask(keep)
-    y = _apply(_OP_SCALE, x, bits, tuple(keep.shape), (dropblock_applied_scale(scale, x.dtype),))
+    y = _apply(_OP_SCALE, x, bits, tuple(keep.shape), (_shared.dropblock_applied_scale(scale, x.dtype),))
     empty = torch.empty(0, dtype=torch.uint8, device=x.device)
     return y, bits if storage == "bits" else (keep.reshape(-1) if storage == "bool" else empty), scale
 
 
 def dropblock_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, block_size: Sequence[int], seed: int, offset: int,
+    threshold: int, shared_channels: bool, scale: float, storage: str,
 ) -> torch.Tensor:
     """DropBlock's gradient ``where(keep[broadcast], grad * scale, +0.0)``; "seed" rebuilds the mask."""
-    ms = dropblock_mask_shape(grad.shape, shared_channels)
+    ms = _shared.dropblock_mask_shape(grad.shape, shared_channels)
     if storage == "seed":
         keep, _ = _dropblock_mask(
             grad.shape, block_size, seed, offset, threshold, shared_channels, grad.device
@@ -266,4 +216,4 @@ def dropblock_backward(
         bits = tb.pack_mask(saved)
     else:
         bits = saved.reshape(-1)
-    return _apply(_OP_SCALE, grad, bits, ms, (dropblock_applied_scale(scale, grad.dtype),))
+    return _apply(_OP_SCALE, grad, bits, ms, (_shared.dropblock_applied_scale(scale, grad.dtype),))

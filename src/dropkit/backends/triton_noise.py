@@ -27,7 +27,7 @@ from dropkit.backends._shared import (
     opmath_dtype,
 )
 from dropkit.backends.triton import counters, downcast, load_position, philox_block, scale_tensor, upcast
-from dropkit.rng import seed_to_signed
+from dropkit.rng import Position
 
 __all__ = ["normal", "gaussian_apply"]
 
@@ -127,12 +127,6 @@ def _gaussian_kernel(x_ptr, y_ptr, c_ptr, n, seed_ptr, off_ptr, coef_ptr, ADDITI
     tl.store(y_ptr + idx, downcast(y, y_ptr.dtype.element_ty), mask=live)
 
 
-def _device_position(v: int | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        return v
-    return torch.tensor(seed_to_signed(v), dtype=torch.int64, device=device)
-
-
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
@@ -149,7 +143,7 @@ def normal(
     direct = dtype in _TL
     out = torch.empty(numel, dtype=dtype if direct else torch.float64, device=device)
     if numel:
-        position = _device_position(seed, device), _device_position(offset, device)
+        position = Position(seed, offset).on(device)
         _normal_kernel[(triton.cdiv(numel, 4 * BLOCK),)](
             out, numel, *position, _coef_tensor(device),
             OUT=_TL[out.dtype], BLOCK=BLOCK, NL=_NL, NS=_NS, NC=_NC, num_warps=4, enable_fp_fusion=False,
@@ -172,8 +166,8 @@ def gaussian_apply(
     if n:
         dt = opmath_dtype(x.dtype)
         _gaussian_kernel[(triton.cdiv(n, 4 * BLOCK),)](
-            x, y, scale_tensor(float(c), dt, x.device), n, _device_position(seed, x.device),
-            _device_position(offset, x.device), _coef_tensor(x.device), ADDITIVE=bool(additive),
+            x, y, scale_tensor(float(c), dt, x.device), n, *Position(seed, offset).on(x.device),
+            _coef_tensor(x.device), ADDITIVE=bool(additive),
             OPMATH=_TL[dt], BLOCK=BLOCK, NL=_NL, NS=_NS, NC=_NC, num_warps=4, enable_fp_fusion=False,
         )
     return y

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit import _torch, ops
 from dropkit.ops import MASK_STORAGES
-from dropkit.rng import DrawnStream, Stream, TensorStream, check_seed, seed_to_signed, signed_to_seed
+
+# The stream's own checks and open_stream live with the streams; imported here for the
+# functions and layers that check their arguments through this module.
+from dropkit.rng import check_generator, check_position, open_stream  # noqa: F401
 
 MODES = ("inverted", "classic")
 
@@ -93,80 +95,3 @@ def check_dims_syntax(dims: object, name: str = "shared_dims") -> tuple[int, ...
     if len(set(dims)) != len(dims):
         raise ValueError(f"{name} has repeated dimensions: {tuple(dims)!r}")
     return tuple(int(d) for d in dims)
-
-
-def check_generator(generator: object) -> torch.Generator | None:
-    """Check that ``generator`` is None or a torch.Generator (TypeError naming it otherwise)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r} of type "
-                        f"{type(generator).__name__}")
-    return generator
-
-
-def check_position(value: object, name: str) -> int | torch.Tensor:
-    """Check a ``seed`` or ``offset`` argument: an int in [0, 2**64), or a one-element integer
-    tensor holding its two's-complement int64 bits (a seeded layer's buffer, say).
-
-    Raises:
-        TypeError: for a float, bool or complex tensor (never truncated) or another type.
-        ValueError: for an int outside [0, 2**64) or a tensor of more than one element.
-    """
-    if isinstance(value, torch.Tensor):
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an int or an integer tensor, got a {value.dtype} tensor "
-                            f"({value!r}); a stream position is never rounded")
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a one-element tensor, got shape {tuple(value.shape)}")
-        return value.reshape(()).to(torch.int64)
-    return check_seed(value, name)
-
-
-def open_stream(
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> object:
-    """The stream a functional call draws from, built from its ``seed``, ``offset`` and
-    ``generator`` arguments (checked here, once).
-
-    ``seed=None`` draws a fresh seed from ``generator`` (torch's default generator if None) at
-    the first draw. On the CPU the position travels as Python ints (:class:`dropkit.rng.Stream`);
-    on other devices and under torch.compile as tensors on ``device``
-    (:class:`dropkit.rng.TensorStream`), so that no value is read back to the host.
-    """
-    generator = check_generator(generator)
-    if seed is not None and generator is not None:
-        raise ValueError("pass either seed or generator, not both")
-    if _torch.tracing_state() is not None:
-        return _TracedStream()
-    if seed is not None:
-        seed = check_position(seed, "seed")
-    offset = check_position(offset, "offset")
-    if device.type == "cpu" and not ops.compiling():
-        if isinstance(offset, torch.Tensor):
-            offset = signed_to_seed(int(offset))
-        if seed is None:
-            return DrawnStream(generator) if offset == 0 else _drawn_at(generator, offset)
-        return Stream(signed_to_seed(int(seed)) if isinstance(seed, torch.Tensor) else seed, offset)
-    if isinstance(seed, int):
-        seed = torch.tensor(seed_to_signed(seed), dtype=torch.int64)
-    if isinstance(offset, int):
-        offset = torch.tensor(seed_to_signed(offset), dtype=torch.int64)
-    seed = None if seed is None else seed.to(device)
-    # The stream advances its offset in place: never the caller's own tensor.
-    return TensorStream(seed, offset.to(device, copy=True), generator)
-
-
-class _TracedStream:
-    """Under torch.jit.trace a draw would become a constant of the trace: refuse at the first."""
-
-    def take(self, words: int) -> tuple[int, int]:
-        ops.refuse_tracing()
-        raise AssertionError("unreachable")
-
-
-def _drawn_at(generator: torch.Generator | None, offset: int) -> DrawnStream:
-    stream = DrawnStream(generator)
-    stream.offset = offset
-    return stream

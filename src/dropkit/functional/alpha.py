@@ -52,11 +52,7 @@ def alpha_affine(p: float) -> tuple[float, float, float]:
 
 
 def apply_alpha(
-    input: torch.Tensor,
-    p: float,
-    inplace: bool,
-    mask_shape: tuple[int, ...],
-    stream: object,
+    input: torch.Tensor, p: float, inplace: bool, mask_shape: tuple[int, ...], stream: object,
 ) -> torch.Tensor:
     """The unchecked core of the alpha dropouts: draw the mask over ``mask_shape`` (exactly its
     ``prod(mask_shape)`` words; none for p = 0 or 1) and apply ``a (x m + alpha' (1 - m)) + b``."""
@@ -86,13 +82,8 @@ def feature_mask_shape(input: torch.Tensor) -> tuple[int, ...]:
 
 
 def alpha_dropout(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Alpha dropout: drop elements to SELU's saturation value and restore mean 0, variance 1.
@@ -126,13 +117,8 @@ def alpha_dropout(
 
 
 def feature_alpha_dropout(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Alpha dropout of whole channels: one mask value per (sample, channel).

@@ -38,14 +38,8 @@ __all__ = ["concrete_dropout", "concrete_regularizer", "concrete_regularizer_fro
 
 
 def concrete_dropout(
-    input: torch.Tensor,
-    p_logit: torch.Tensor,
-    temperature: float = 0.1,
-    training: bool = True,
-    *,
-    shared_dims: Sequence[int] = (),
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p_logit: torch.Tensor, temperature: float = 0.1, training: bool = True, *,
+    shared_dims: Sequence[int] = (), seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Relaxed-Bernoulli dropout with drop probability ``p = sigmoid(p_logit)``.
@@ -101,10 +95,7 @@ def apply_concrete(
 
 
 def concrete_regularizer(
-    p: torch.Tensor,
-    weight_sq_sum: torch.Tensor | float,
-    input_dim: int,
-    weight_regularizer: float,
+    p: torch.Tensor, weight_sq_sum: torch.Tensor | float, input_dim: int, weight_regularizer: float,
     dropout_regularizer: float,
 ) -> torch.Tensor:
     r"""The Concrete dropout regularizer of one layer.
@@ -133,10 +124,7 @@ def concrete_regularizer(
 
 
 def concrete_regularizer_from_logit(
-    p_logit: torch.Tensor,
-    weight_sq_sum: torch.Tensor | float,
-    input_dim: int,
-    weight_regularizer: float,
+    p_logit: torch.Tensor, weight_sq_sum: torch.Tensor | float, input_dim: int, weight_regularizer: float,
     dropout_regularizer: float,
 ) -> torch.Tensor:
     r""":func:`concrete_regularizer` with ``p = sigmoid(p_logit)``, finite for every finite logit.

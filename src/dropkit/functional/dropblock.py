@@ -64,15 +64,8 @@ def dropblock_seed_shape(
 
 
 def _drop_block(
-    input: torch.Tensor,
-    dims: int,
-    p: float,
-    block_size: int | tuple[int, ...],
-    training: bool,
-    inplace: bool,
-    shared_channels: bool,
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
+    input: torch.Tensor, dims: int, p: float, block_size: int | tuple[int, ...], training: bool,
+    inplace: bool, shared_channels: bool, seed: int | torch.Tensor | None, offset: int | torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     check_floating(input)
@@ -129,16 +122,9 @@ def apply_drop_block(
 
 
 def drop_block2d(
-    input: torch.Tensor,
-    p: float = 0.1,
-    block_size: int | tuple[int, int] = 7,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    shared_channels: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
+    input: torch.Tensor, p: float = 0.1, block_size: int | tuple[int, int] = 7, training: bool = True,
+    inplace: bool = False, *, shared_channels: bool = False, seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""DropBlock on 2-D feature maps: drop ``b x b`` regions, renormalize by the kept fraction.
 
@@ -167,16 +153,9 @@ def drop_block2d(
 
 
 def drop_block3d(
-    input: torch.Tensor,
-    p: float = 0.1,
-    block_size: int | tuple[int, int, int] = 7,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    shared_channels: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
+    input: torch.Tensor, p: float = 0.1, block_size: int | tuple[int, int, int] = 7, training: bool = True,
+    inplace: bool = False, *, shared_channels: bool = False, seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""DropBlock on 3-D feature maps: drop ``b x b x b`` regions, renormalize by the kept fraction.
 

@@ -44,11 +44,7 @@ def inverted_scale(p: float) -> float:
 
 
 def dropout_mask(
-    shape: Sequence[int] | torch.Size,
-    p: float,
-    *,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor = 0,
+    shape: Sequence[int] | torch.Size, p: float, *, seed: int | torch.Tensor, offset: int | torch.Tensor = 0,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The keep-mask that :func:`dropout` applies for the same ``seed`` and ``offset``.
@@ -97,13 +93,8 @@ def _reduced(shape: torch.Size, dims: tuple[int, ...]) -> tuple[tuple[int, ...],
 
 
 def apply_dropout(
-    input: torch.Tensor,
-    threshold: int,
-    scale: float,
-    dims: tuple[int, ...],
-    stream: object,
-    mask_storage: str,
-    inplace: bool,
+    input: torch.Tensor, threshold: int, scale: float, dims: tuple[int, ...], stream: object,
+    mask_storage: str, inplace: bool,
 ) -> torch.Tensor:
     """Draw the keep-mask from ``stream`` and apply it: ``where(keep, x * scale, 0)``.
 
@@ -130,17 +121,9 @@ def apply_dropout(
 
 
 def dropout(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    mode: str = "inverted",
-    shared_dims: Sequence[int] = (),
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
-    mask_storage: str = "bits",
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    mode: str = "inverted", shared_dims: Sequence[int] = (), seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0, generator: torch.Generator | None = None, mask_storage: str = "bits",
 ) -> torch.Tensor:
     r"""Randomly zero elements of ``input`` with probability ``p``.
 

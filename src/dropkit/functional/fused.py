@@ -58,18 +58,9 @@ def _check_args(x, residual, weight, bias, norm, eps, prenorm, training) -> None
 
 
 def dropout_add_norm(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    p: float,
-    norm: str = "layer",
-    eps: float = 1e-5,
-    prenorm: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
-    training: bool = True,
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+    p: float, norm: str = "layer", eps: float = 1e-5, prenorm: bool = False,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0, training: bool = True,
     mask_storage: str = "bits",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""``y = norm(dropout(x) + residual) * weight (+ bias)`` over the last dimension, fused.

@@ -47,13 +47,8 @@ def check_stddev(stddev: object) -> float:
 
 
 def gaussian_dropout(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Multiply each element by Gaussian noise of mean 1 and variance ``p / (1 - p)``.
@@ -100,13 +95,8 @@ def apply_gaussian_dropout(input: torch.Tensor, p: float, inplace: bool, stream:
 
 
 def gaussian_noise(
-    input: torch.Tensor,
-    stddev: float,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, stddev: float, training: bool = True, inplace: bool = False, *,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Add zero-mean Gaussian noise: ``y = x + stddev * z``, ``z ~ N(0, 1)``, in training only.

@@ -17,11 +17,7 @@ __all__ = ["rdrop_loss"]
 
 
 def rdrop_loss(
-    logits1: torch.Tensor,
-    logits2: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float = 1.0,
-    *,
+    logits1: torch.Tensor, logits2: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, *,
     ignore_index: int = -100,
 ) -> torch.Tensor:
     r"""``(CE(l1, y) + CE(l2, y)) / 2 + alpha * (KL(P1 || P2) + KL(P2 || P1)) / 2``.

@@ -40,14 +40,8 @@ def locked_time_dim(ndim: int, batch_first: bool) -> int:
 
 
 def locked_dropout(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    batch_first: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    batch_first: bool = False, seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Dropout with one mask per sequence, shared over all time steps.
@@ -92,16 +86,9 @@ def apply_locked_dropout(
 
 
 def embedding_dropout(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    p: float = 0.1,
-    training: bool = True,
-    *,
-    padding_idx: int | None = None,
-    scale: bool = True,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
+    input: torch.Tensor, weight: torch.Tensor, p: float = 0.1, training: bool = True, *,
+    padding_idx: int | None = None, scale: bool = True, seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Look up ``input`` in ``weight`` with whole rows (words) of ``weight`` dropped.
 

@@ -45,15 +45,8 @@ def spatial_shared_dims(ndim: int, spatial: int, channels_last: bool = False) ->
 
 
 def _channel_dropout(
-    input: torch.Tensor,
-    spatial: int,
-    p: float,
-    training: bool,
-    inplace: bool,
-    channels_last: bool,
-    seed: int | torch.Tensor | None,
-    offset: int | torch.Tensor,
-    generator: torch.Generator | None,
+    input: torch.Tensor, spatial: int, p: float, training: bool, inplace: bool, channels_last: bool,
+    seed: int | torch.Tensor | None, offset: int | torch.Tensor, generator: torch.Generator | None,
 ) -> torch.Tensor:
     check_floating(input)
     p = check_p(p)
@@ -62,12 +55,7 @@ def _channel_dropout(
 
 
 def apply_channel_dropout(
-    input: torch.Tensor,
-    spatial: int,
-    p: float,
-    training: bool,
-    inplace: bool,
-    channels_last: bool,
+    input: torch.Tensor, spatial: int, p: float, training: bool, inplace: bool, channels_last: bool,
     stream: object,
 ) -> torch.Tensor:
     """The unchecked core of channel dropout: check the rank, then draw one word per
@@ -82,14 +70,8 @@ def apply_channel_dropout(
 
 
 def dropout1d(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    channels_last: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    channels_last: bool = False, seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Zero whole channels of a sequence with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
@@ -115,14 +97,8 @@ def dropout1d(
 
 
 def dropout2d(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    channels_last: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    channels_last: bool = False, seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Zero whole feature maps with probability ``p``; ``y = x * m[n, c] / (1 - p)``.
@@ -153,14 +129,8 @@ def dropout2d(
 
 
 def dropout3d(
-    input: torch.Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    channels_last: bool = False,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+    channels_last: bool = False, seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Zero whole volumetric channels with probability ``p``; ``y = x * m[n, c] / (1 - p)``.

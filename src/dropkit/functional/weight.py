@@ -53,15 +53,9 @@ def check_param_names(module: nn.Module, names: Sequence[str]) -> tuple[str, ...
 
 
 def drop_connect(
-    module: nn.Module,
-    args: tuple[Any, ...],
-    p: float = 0.5,
-    training: bool = True,
-    *,
-    names: Sequence[str] = ("weight",),
-    kwargs: dict[str, Any] | None = None,
-    seed: int | torch.Tensor | None = None,
-    offset: int | torch.Tensor = 0,
+    module: nn.Module, args: tuple[Any, ...], p: float = 0.5, training: bool = True, *,
+    names: Sequence[str] = ("weight",), kwargs: dict[str, Any] | None = None,
+    seed: int | torch.Tensor | None = None, offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
 ) -> Any:
     r"""Call ``module(*args, **kwargs)`` with its parameters ``names`` dropped element-wise.

@@ -22,14 +22,25 @@ a region's. A recomputation that asks for other words than the first run took ra
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from dropkit import _torch, ops
 from dropkit.functional._checks import check_generator, check_p
-from dropkit.rng import BufferStream, DrawnStream, TensorStream, check_seed, seed_to_signed, signed_to_seed
+from dropkit.rng import (
+    BufferStream,
+    DrawnStream,
+    Position,
+    StreamProtocol,
+    TensorStream,
+    check_seed,
+    seed_to_signed,
+    signed_to_seed,
+)
 
 __all__ = ["RateModule", "StreamModule"]
 
@@ -40,14 +51,15 @@ _TAKE_LOCK = threading.Lock()
 
 
 class _RecordingStream:
-    """Takes from ``inner`` and appends each position to the logs of the enclosing regions."""
+    """A stream (:class:`dropkit.rng.StreamProtocol`) that takes from ``inner`` and appends each
+    position to the logs of the enclosing regions."""
 
     __slots__ = ("inner", "logs")
 
-    def __init__(self, inner: object, logs: list[list]) -> None:
+    def __init__(self, inner: StreamProtocol, logs: list[list]) -> None:
         self.inner, self.logs = inner, logs
 
-    def take(self, words: int) -> tuple:
+    def take(self, words: int) -> Position:
         position = self.inner.take(words)
         for log in self.logs:
             log.append((position, words))
@@ -55,7 +67,8 @@ class _RecordingStream:
 
 
 class _ReplayStream:
-    """Hands out the positions a region's first forward took, in the order it took them.
+    """A stream (:class:`dropkit.rng.StreamProtocol`) that hands out the positions a region's
+    first forward took, in the order it took them.
 
     Regions entered anew while that region is recomputed (nested checkpoints) record the
     replayed positions, for their own recomputation later.
@@ -66,7 +79,7 @@ class _ReplayStream:
     def __init__(self, module: nn.Module, log: list, cursor: dict, key: object, logs: list[list]) -> None:
         self.module, self.log, self.cursor, self.key, self.logs = module, log, cursor, key, logs
 
-    def take(self, words: int) -> tuple:
+    def take(self, words: int) -> Position:
         k = self.cursor.get(self.key, 0)
         name = type(self.module).__name__
         if k >= len(self.log):
@@ -118,6 +131,8 @@ class StreamModule(nn.Module):
 
     seed: torch.Tensor | None
     offset: torch.Tensor | None
+    # A stream lent by another party (lend_stream); a class default, so old pickles have one.
+    _lent: StreamProtocol | None = None
 
     def __init__(self, *, seed: int | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -139,7 +154,7 @@ class StreamModule(nn.Module):
         check = self._checked_attributes.get(name)
         super().__setattr__(name, value if check is None else check(value))
 
-    def stream(self) -> object:
+    def stream(self) -> StreamProtocol:
         """The stream this call draws from (see the module docstring); call it once per forward."""
         if _tracing_state() is not None:
             ops.refuse_tracing()
@@ -148,21 +163,51 @@ class StreamModule(nn.Module):
         # Could this call be in a checkpoint region? (dropkit._torch's pre-filter, inlined.)
         if not torch.is_grad_enabled() or _top_hooks(False) is not None or _graph_task_id() != -1:
             return self._checkpoint_stream()
+        # The common case of _own_stream written out (the per-call path): the cached stream over
+        # this module's CPU buffers, while they are the same tensors and no stream is lent.
+        own, buffers = self._own, self._buffers
+        if own is not None and self._lent is None and own.seed_buffer is buffers.get("seed") \
+                and own.offset_buffer is buffers.get("offset"):
+            return own
         return self._own_stream(False)
 
-    def _own_stream(self, compiling: bool) -> object:
-        # Buffers for a seeded module; plain attributes while MC prediction lends a stream to
-        # an unseeded one (dropkit.uncertainty).
-        holder = self._buffers
-        seed = holder.get("seed")
+    @contextlib.contextmanager
+    def lend_stream(self, stream: StreamProtocol) -> Iterator[StreamModule]:
+        """Draw from ``stream`` instead of the module's own stream until the block ends.
+
+        The module's seed, offset and generator are left as they are: a seeded module resumes
+        its own stream afterwards where it stood. Lending again inside the block lends anew;
+        the previous lender is back when the inner block ends. MC prediction lends each layer
+        a stream derived from the caller's seed this way (:mod:`dropkit.uncertainty`).
+
+        Example:
+            >>> from dropkit import Dropout
+            >>> from dropkit.rng import Stream
+            >>> m = Dropout(0.5, seed=3)
+            >>> with m.lend_stream(Stream(9)):
+            ...     y = m(torch.ones(8))
+            >>> torch.equal(y, Dropout(0.5, seed=9)(torch.ones(8))), m.stream_state()
+            (True, {'seed': 3, 'offset': 0})
+        """
+        if not callable(getattr(stream, "take", None)):
+            raise TypeError(f"lend_stream needs a stream with a take(words) method, got "
+                            f"{type(stream).__name__}")
+        previous, self._lent = self._lent, stream
+        try:
+            yield self
+        finally:
+            self._lent = previous
+
+    def _own_stream(self, compiling: bool) -> StreamProtocol:
+        lent = self._lent
+        if lent is not None:
+            return lent
+        seed = self._buffers.get("seed")
         if seed is None:
-            holder = self.__dict__
-            seed = holder.get("seed")
-            if seed is None:
-                if compiling:
-                    return TensorStream(None, torch.zeros((), dtype=torch.int64), self.generator)
-                return DrawnStream(self.generator)
-        offset = holder["offset"]
+            if compiling:
+                return TensorStream(None, torch.zeros((), dtype=torch.int64), self.generator)
+            return DrawnStream(self.generator)
+        offset = self._buffers["offset"]
         if compiling:
             return TensorStream(seed, offset)
         own = self._own
@@ -173,7 +218,7 @@ class StreamModule(nn.Module):
         self._own = BufferStream(seed, offset)
         return self._own
 
-    def _checkpoint_stream(self) -> object:
+    def _checkpoint_stream(self) -> StreamProtocol:
         regions = _torch.checkpoint_regions()
         entered = []  # regions whose first forward this is, innermost first
         for kind, region in regions:
@@ -191,6 +236,7 @@ class StreamModule(nn.Module):
         # The cached stream views the buffers' memory; a copy must build its own from its buffers.
         state = self.__dict__.copy()
         state["_own"] = None
+        state.pop("_lent", None)  # a lent stream is the lender's, not the copy's
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -252,11 +298,7 @@ class RateModule(StreamModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

@@ -37,8 +37,7 @@ class AlphaDropout(_Alpha, nn.AlphaDropout):
     Args:
         p: probability of dropping an element, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(*)``. Output: same.
@@ -58,8 +57,7 @@ class FeatureAlphaDropout(_Alpha, nn.FeatureAlphaDropout):
     Args:
         p: probability of dropping a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, C, *)``, always batched. Output: same.

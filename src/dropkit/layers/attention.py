@@ -78,20 +78,10 @@ class MultiheadAttention(nn.MultiheadAttention):
         return repr_name(self)
 
     def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        add_bias_kv: bool = False,
-        add_zero_attn: bool = False,
-        kdim: int | None = None,
-        vdim: int | None = None,
-        batch_first: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        seed: int | None = None,
+        self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+        add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
+        vdim: int | None = None, batch_first: bool = False, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         attn_dropout = Dropout(dropout, seed=seed, generator=generator)
@@ -117,15 +107,9 @@ class MultiheadAttention(nn.MultiheadAttention):
             child.p = p  # checked by the child when set
 
     def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         drop = self.attn_dropout
         if not (drop.training and drop.p > 0.0):

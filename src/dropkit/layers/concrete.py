@@ -43,8 +43,7 @@ class ConcreteDropout(StreamModule):
         dropout_regularizer: coefficient of the entropy term, >= 0. Default: 1e-5.
         spatial: one mask value per (sample, channel) of (N, C, *) inputs, temperature 2/3.
         temperature: override the relaxation temperature (> 0).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(N, *)`` (``(N, C, *)`` with ``spatial``). Output: that of ``layer``.
@@ -57,16 +56,9 @@ class ConcreteDropout(StreamModule):
     """
 
     def __init__(
-        self,
-        layer: nn.Module | None = None,
-        p: float = 0.1,
-        weight_regularizer: float = 1e-6,
-        dropout_regularizer: float = 1e-5,
-        *,
-        spatial: bool = False,
-        temperature: float | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, layer: nn.Module | None = None, p: float = 0.1, weight_regularizer: float = 1e-6,
+        dropout_regularizer: float = 1e-5, *, spatial: bool = False, temperature: float | None = None,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
         p = check_p(p, open_interval=True)

@@ -39,8 +39,7 @@ class Dropout(RateModule, nn.Dropout):
         inplace: do the operation in place. Default: False.
         mode: "inverted" (default) or "classic".
         shared_dims: dimensions that share one mask value (Flax's broadcast_dims).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
         mask_storage: "bits" (default), "seed" or "bool": what is saved for backward.
 
     Shape:
@@ -59,14 +58,8 @@ class Dropout(RateModule, nn.Dropout):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        shared_dims: Sequence[int] = (),
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, mode: str = "inverted",
+        shared_dims: Sequence[int] = (), seed: int | None = None, generator: torch.Generator | None = None,
         mask_storage: str = "bits",
     ) -> None:
         self.mode = check_mode(mode)

@@ -22,8 +22,7 @@ class GaussianDropout(RateModule):
     Args:
         p: drop rate of the equivalent Bernoulli dropout, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(*)``. Output: same.
@@ -48,8 +47,7 @@ class GaussianNoise(StreamModule):
     Args:
         stddev: standard deviation of the noise, finite and >= 0.
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(*)``. Output: same.
@@ -60,11 +58,7 @@ class GaussianNoise(StreamModule):
     """
 
     def __init__(
-        self,
-        stddev: float,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, stddev: float, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

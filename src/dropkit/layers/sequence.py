@@ -22,8 +22,7 @@ class LockedDropout(RateModule):
         p: probability of dropping a unit, in [0, 1]. Default: 0.5.
         batch_first: inputs are (N, T, C). Default: False, (T, N, C).
         inplace: do the operation in place.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (T, N, C) ((N, T, C) with ``batch_first``) or (T, C). Output: same.
@@ -35,12 +34,7 @@ class LockedDropout(RateModule):
     """
 
     def __init__(
-        self,
-        p: float = 0.5,
-        batch_first: bool = False,
-        inplace: bool = False,
-        *,
-        seed: int | None = None,
+        self, p: float = 0.5, batch_first: bool = False, inplace: bool = False, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, seed=seed, generator=generator)
@@ -67,8 +61,7 @@ class EmbeddingDropout(StreamModule):
         embedding: the nn.Embedding to wrap (its padding_idx is honoured).
         p: probability of dropping a row, in [0, 1]. Default: 0.1.
         scale: divide kept rows by ``1 - p``. Default: True.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: ``(*)`` integer indices. Output: ``(*, E)``.
@@ -80,12 +73,7 @@ class EmbeddingDropout(StreamModule):
     """
 
     def __init__(
-        self,
-        embedding: nn.Embedding,
-        p: float = 0.1,
-        scale: bool = True,
-        *,
-        seed: int | None = None,
+        self, embedding: nn.Embedding, p: float = 0.1, scale: bool = True, *, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)

@@ -16,12 +16,7 @@ class _ChannelDropout(RateModule):
     _spatial = 0
 
     def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        channels_last: bool = False,
-        seed: int | None = None,
+        self, p: float = 0.5, inplace: bool = False, *, channels_last: bool = False, seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, seed=seed, generator=generator)
@@ -49,8 +44,7 @@ class Dropout1d(_ChannelDropout, nn.Dropout1d):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, L, C) (Keras's SpatialDropout1D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, L) or (C, L) ((N, L, C) or (L, C) with ``channels_last``). Output: same.
@@ -75,8 +69,7 @@ class Dropout2d(_ChannelDropout, nn.Dropout2d):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, H, W, C) (Keras's SpatialDropout2D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, H, W) or (C, H, W) ((N, H, W, C) or (H, W, C) with ``channels_last``).
@@ -100,8 +93,7 @@ class Dropout3d(_ChannelDropout, nn.Dropout3d):
         p: probability of zeroing a channel, in [0, 1]. Default: 0.5.
         inplace: do the operation in place.
         channels_last: inputs are (N, D, H, W, C) (Keras's SpatialDropout3D).
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         Input: (N, C, D, H, W) or (C, D, H, W) (channels last with ``channels_last``). Output: same.

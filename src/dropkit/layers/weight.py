@@ -31,8 +31,7 @@ class DropConnect(StreamModule):
         module: the nn.Linear / nn.Conv1d / nn.Conv2d / nn.Conv3d to wrap.
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
         names: parameters to drop. Default: ``("weight",)``.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         That of the wrapped layer, e.g. (N, H_in) -> (N, H_out) or (N, C_in, H, W) -> (N, C_out, H', W').
@@ -46,13 +45,8 @@ class DropConnect(StreamModule):
     _checked_attributes = {"p": check_p}
 
     def __init__(
-        self,
-        module: nn.Module,
-        p: float = 0.5,
-        names: Sequence[str] = ("weight",),
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, module: nn.Module, p: float = 0.5, names: Sequence[str] = ("weight",), *,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(seed=seed, generator=generator)
         if not isinstance(module, _DROP_CONNECT_TYPES):
@@ -96,8 +90,7 @@ class WeightDrop(DropConnect):
         module: the nn.LSTM / nn.GRU / nn.RNN to wrap.
         p: probability of dropping a weight, in [0, 1]. Default: 0.5.
         names: parameters to drop. Default: every ``weight_hh_l*`` of the module.
-        seed: give the layer its own stream (kept in the state_dict); see StreamModule.
-        generator: draw seeds from this generator instead of torch's default one.
+        seed, generator: own stream ``(seed, 0)`` or a seed per call from ``generator``; see StreamModule.
 
     Shape:
         That of the wrapped module: input (L, N, H_in) (or batch first), output
@@ -111,13 +104,8 @@ class WeightDrop(DropConnect):
     """
 
     def __init__(
-        self,
-        module: nn.Module,
-        p: float = 0.5,
-        names: Sequence[str] | None = None,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        self, module: nn.Module, p: float = 0.5, names: Sequence[str] | None = None, *,
+        seed: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(module, nn.RNNBase):
             raise TypeError(f"WeightDrop wraps nn.LSTM, nn.GRU or nn.RNN, got {type(module).__name__}")

@@ -10,18 +10,20 @@ tensors, and the reference backend for everything else, for an operation the pre
 does not implement, or when it cannot load (reported once, with a warning that points at the
 caller's line).
 
-**Positions.** A stream position is ``(seed, offset)``: Python ints on the host, or 0-dim int64
-tensors holding their bits (a GPU layer's buffers, or anything under torch.compile). Backends
-say which form they read (``POSITION = "host"`` or ``"device"``) and this module hands them that
-form: tensors become ints for host backends (a free read for CPU tensors), ints become device
-tensors for device backends, so a GPU kernel reads its position from memory and never syncs.
+**Routes.** Each op asks ``_dispatch.backend_of`` (or ``route`` for a draw without an input
+tensor) which backend runs its kernel; the answer comes from the backends' records
+(:mod:`dropkit.backends.contract`) and is cached in one table.
 
-**One autograd definition.** :class:`_Dropout` is the only autograd code. In eager mode its
-forward and backward call the backend directly; under torch.compile they call the custom ops
-``dropkit::dropout_fwd`` / ``dropkit::dropout_bwd`` (opaque to the compiler, with fake kernels
-for shapes), so the compiled graph neither bakes in a mask nor recompiles per step. The
-custom-op dispatcher is skipped in eager mode because it costs more per call than the whole
-kernel on the small tensors of an MLP.
+**Positions.** A stream position is a :class:`dropkit.rng.Position` ``(seed, offset)``: Python
+ints on the host, or 0-dim int64 tensors holding their bits (a GPU layer's buffers, or anything
+under torch.compile). A backend declares which form it reads (``position`` of its record) and
+this module hands it that form, so a GPU kernel reads its position from memory and never syncs.
+
+**One autograd path per op kind** (:mod:`._autograd`). Each op kind has one body that eager code
+calls and that torch.compile sees as a custom op (``dropkit::dropout_fwd``, ...; opaque to the
+compiler, with fake kernels for shapes), so the compiled graph neither bakes in a mask nor
+recompiles per step; and every backward is the self-adjoint map of the forward's mask, written
+once.
 """
 
 from __future__ import annotations

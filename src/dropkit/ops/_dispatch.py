@@ -1,4 +1,10 @@
-"""Backend choice and stream positions: what every op of dropkit.ops shares."""
+"""Backend choice and stream positions: what every op of dropkit.ops shares.
+
+Every op asks :func:`backend_of` (with its input tensor) or :func:`route` (a draw with no input)
+which backend runs its kernel; both read one cache, filled by :func:`_choose` from the backends'
+:class:`dropkit.backends.contract.Backend` records, and hand the position over in the form the
+backend reads with :func:`position`.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,23 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from types import ModuleType
 
 import torch
 
 from dropkit import _torch
 from dropkit.backends import reference
-from dropkit.rng import seed_to_signed, signed_to_seed
+from dropkit.backends.contract import HOST, Backend
+from dropkit.rng import Position, refuse_tracing  # noqa: F401 (ops' name for it)
 
 MASK_STORAGES = ("bits", "seed", "bool")
 
 compiling = torch.compiler.is_compiling
 
+REFERENCE = reference.BACKEND
 # Device type -> module path of the preferred backend.
 _PREFERRED = {"cpu": "dropkit.backends.cpu", "cuda": "dropkit.backends.triton"}
-_loaded: dict[str, ModuleType | None] = {}
+_NAMES = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}
+_loaded: dict[str, Backend | None] = {}
 _load_lock = threading.Lock()
 _forced = threading.local()
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dropkit/
@@ -37,16 +45,15 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _load(path: str) -> ModuleType | None:
+def _load(path: str) -> Backend | None:
     """Import a backend once; on failure warn once and remember that it is unavailable."""
     with _load_lock:
         if path not in _loaded:
             try:
-                module = importlib.import_module(path)
-                error = getattr(module, "load_error", lambda: None)()
-                if error:
-                    raise ImportError(error)
-                _loaded[path] = module
+                backend = importlib.import_module(path).BACKEND
+                if backend.error:
+                    raise ImportError(backend.error)
+                _loaded[path] = backend
             except ImportError as exc:
                 _loaded[path] = None
                 warnings.warn(
@@ -58,39 +65,74 @@ def _load(path: str) -> ModuleType | None:
         return _loaded[path]
 
 
-# Read once: backend_for runs on every call, and an environment lookup costs microseconds.
+# Read once: the routes are chosen on every call, and an environment lookup costs microseconds.
 _ENV_BACKEND = os.environ.get("DROPKIT_BACKEND") or None
-_by_device: dict[str, ModuleType] = {}
+
+# (kernel or None, device type, dtype, backend forced in this thread) -> the backend that runs it.
+# The one route cache: filled by _choose, read by route and backend_of.
+_routes: dict[tuple, Backend] = {}
 
 
-def backend_for(device: torch.device, dtype: torch.dtype | None = None) -> ModuleType:
-    """The backend module that runs ops for tensors of ``dtype`` on ``device``.
-
-    ``DROPKIT_BACKEND=reference`` in the environment (read when dropkit is imported), or
-    :func:`use_backend`, forces a backend. A backend that does not handle ``dtype`` (its
-    ``DTYPES``) leaves the call to the reference backend.
-
-    Example:
-        >>> backend_for(torch.device("cpu")).__name__.rsplit(".", 1)[-1] in ("cpu", "reference")
-        True
-    """
+def _choose(kernel: str | None, device_type: str, dtype: torch.dtype | None) -> Backend:
     forced = getattr(_forced, "name", None) or _ENV_BACKEND
     if forced in (None, "auto"):
-        backend = _by_device.get(device.type)
-        if backend is None:
-            path = _PREFERRED.get(device.type)
-            backend = _by_device[device.type] = (_load(path) if path else None) or reference
+        path = _PREFERRED.get(device_type)
+        backend = (_load(path) if path else None) or REFERENCE
     elif forced == "reference":
-        return reference
+        backend = REFERENCE
     else:
-        names = {"native": _PREFERRED["cpu"], "cpu": _PREFERRED["cpu"], "triton": _PREFERRED["cuda"]}
-        path = names.get(forced)
+        path = _NAMES.get(forced)
         if path is None:
             raise ValueError(f"unknown dropkit backend {forced!r}; use auto, reference, native or triton")
-        backend = _load(path) or reference
-    if dtype is not None and backend.DTYPES is not None and dtype not in backend.DTYPES:
-        return reference
+        backend = _load(path) or REFERENCE
+    if not backend.runs(dtype) or (kernel is not None and not backend.provides(kernel)):
+        return REFERENCE
     return backend
+
+
+def route(kernel: str | None, device_type: str, dtype: torch.dtype | None = None) -> Backend:
+    """The backend that runs ``kernel`` (a field of :class:`Backend`; None: any) for tensors of
+    ``dtype`` on ``device_type``: the device's preferred backend (native CPU, Triton for CUDA)
+    when it loads, runs ``dtype`` and provides ``kernel``, else the reference backend.
+
+    ``DROPKIT_BACKEND=reference`` in the environment (read when dropkit is imported), or
+    :func:`use_backend`, forces a backend.
+
+    Example:
+        >>> route("uniform", "cpu").name in ("cpu", "reference")
+        True
+    """
+    key = (kernel, device_type, dtype, getattr(_forced, "name", None))
+    backend = _routes.get(key)
+    if backend is None:
+        backend = _routes[key] = _choose(kernel, device_type, dtype)
+    return backend
+
+
+def backend_of(x: torch.Tensor, kernel: str) -> Backend:
+    """The backend that runs ``kernel`` on ``x`` (:func:`route` for ``x``'s device and dtype): the
+    door every op with an input tensor passes, once per call.
+
+    Example:
+        >>> backend_of(torch.ones(2), "dropout_forward").name in ("cpu", "reference")
+        True
+    """
+    # route's body written out: this is the per-call path of every op.
+    key = (kernel, x.device.type, x.dtype, getattr(_forced, "name", None))
+    backend = _routes.get(key)
+    if backend is None:
+        backend = _routes[key] = _choose(kernel, x.device.type, x.dtype)
+    return backend
+
+
+def backend_for(device: torch.device, dtype: torch.dtype | None = None) -> Backend:
+    """The backend that runs ops for tensors of ``dtype`` on ``device`` (:func:`route` of any kernel).
+
+    Example:
+        >>> backend_for(torch.device("cpu")).name in ("cpu", "reference")
+        True
+    """
+    return route(None, device.type, dtype)
 
 
 def backend_name(device: torch.device | str = "cpu") -> str:
@@ -100,7 +142,7 @@ def backend_name(device: torch.device | str = "cpu") -> str:
         >>> backend_name("cpu") in ("cpu", "reference")
         True
     """
-    return backend_for(torch.device(device)).__name__.rsplit(".", 1)[-1]
+    return backend_for(torch.device(device)).name
 
 
 @contextlib.contextmanager
@@ -122,58 +164,24 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.name = previous
 
 
-def _position(
-    backend: ModuleType, seed: int | torch.Tensor, offset: int | torch.Tensor, device: torch.device
-) -> tuple:
-    """``(seed, offset)`` in the form ``backend`` reads (see the module docstring)."""
-    if backend.POSITION == "host":
-        if type(seed) is not int:
-            seed = signed_to_seed(int(seed))
-        if type(offset) is not int:
-            offset = signed_to_seed(int(offset))
-        return seed, offset
-    if type(seed) is int:
-        seed = torch.tensor(seed_to_signed(seed), dtype=torch.int64).to(device, non_blocking=True)
-    if type(offset) is int:
-        offset = torch.tensor(seed_to_signed(offset), dtype=torch.int64).to(device, non_blocking=True)
-    return seed, offset
+def position(backend: Backend, seed: int | torch.Tensor, offset: int | torch.Tensor,
+             device: torch.device) -> Position:
+    """``(seed, offset)`` in the form ``backend`` reads: ints for a host backend (a free read for
+    CPU tensors), tensors on ``device`` for a device backend, so that its kernels never sync."""
+    if backend.position == HOST:
+        return Position(seed, offset).host()
+    return Position(seed, offset).on(device)
 
 
-def _as_tensor(value: int | torch.Tensor) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.tensor(seed_to_signed(value), dtype=torch.int64)
+def as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> Position:
+    """The position as tensors, as the custom ops that torch.compile sees take it."""
+    return Position(seed, offset).on(None)
 
 
 _functorch_active = _torch.functorch_active
 _tracing_state = _torch.tracing_state
 
 
-def refuse_tracing() -> None:
-    """Raise the RuntimeError that explains why a random draw cannot be traced."""
-    # torch.jit.trace (and the legacy ONNX exporter, which traces) would record this call's
-    # random draw as a constant of the graph: every run of the traced model would reuse it.
-    raise RuntimeError(
-        "dropkit's random draws cannot be traced (torch.jit.trace, or torch.onnx.export with "
-        "training=TrainingMode.TRAINING): the trace would hold one fixed mask. Trace or export the "
-        "model in eval mode"
-    )
-
-
 def _forced_name() -> str | None:
     """The backend :func:`use_backend` forces in this thread (None: not forced)."""
     return getattr(_forced, "name", None)
-
-
-def host_backend(device_type: str, dtype: torch.dtype | None) -> ModuleType | None:
-    """The backend for ``(device_type, dtype)`` when it reads host positions (the common CPU
-    case), else None; cached, for the per-call paths that skip the general dispatch."""
-    key = (device_type, dtype, getattr(_forced, "name", None))
-    backend = _host_routes.get(key, False)
-    if backend is False:
-        chosen = backend_for(torch.device(device_type), dtype)
-        backend = _host_routes[key] = chosen if chosen.POSITION == "host" else None
-    return backend
-
-
-_host_routes: dict[tuple, ModuleType | None] = {}

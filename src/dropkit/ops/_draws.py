@@ -1,60 +1,59 @@
-"""Keep-masks, uniforms and normals from the stream, without autograd."""
+"""Keep-masks, uniforms and normals from the stream, without autograd: one body per draw, run
+eagerly or as the custom op torch.compile sees."""
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
-from dropkit.backends import reference
+from dropkit.backends.contract import HOST
 from dropkit.ops._dispatch import (
-    _as_tensor,
-    _position,
     _tracing_state,
-    backend_for,
+    as_tensors,
     compiling,
-    host_backend,
+    position,
     refuse_tracing,
+    route,
 )
 
 
-@torch.library.custom_op("dropkit::keep_mask", mutates_args=())
-def _keep_mask_op(
+def _keep_mask_body(
     seed: torch.Tensor, offset: torch.Tensor, numel: int, threshold: int, device: torch.device
 ) -> torch.Tensor:
-    backend = backend_for(device)
-    return backend.keep_mask(numel, *_position(backend, seed, offset, device), threshold, device)
+    backend = route("keep_mask", device.type)
+    return backend.keep_mask(numel, *position(backend, seed, offset, device), threshold, device)
 
 
-@_keep_mask_op.register_fake
-def _(seed, offset, numel, threshold, device):
-    return torch.empty((numel,), dtype=torch.bool, device=device)
-
-
-@torch.library.custom_op("dropkit::uniform", mutates_args=())
-def _uniform_op(
+def _uniform_body(
     seed: torch.Tensor, offset: torch.Tensor, numel: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    backend = _noise_backend(device, "uniform")
-    return backend.uniform(numel, *_position(backend, seed, offset, device), dtype, device)
+    backend = route("uniform", device.type)
+    return backend.uniform(numel, *position(backend, seed, offset, device), dtype, device)
 
 
-@_uniform_op.register_fake
-def _(seed, offset, numel, dtype, device):
-    return torch.empty((numel,), dtype=dtype, device=device)
-
-
-@torch.library.custom_op("dropkit::normal", mutates_args=())
-def _normal_op(
+def _normal_body(
     seed: torch.Tensor, offset: torch.Tensor, numel: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    backend = _noise_backend(device, "normal")
-    return backend.normal(numel, *_position(backend, seed, offset, device), dtype, device)
+    backend = route("normal", device.type)
+    return backend.normal(numel, *position(backend, seed, offset, device), dtype, device)
 
 
-@_normal_op.register_fake
-def _(seed, offset, numel, dtype, device):
-    return torch.empty((numel,), dtype=dtype, device=device)
+_OPS = {
+    name: torch.library.custom_op(f"dropkit::{name}", body, mutates_args=())
+    for name, body in (("keep_mask", _keep_mask_body), ("uniform", _uniform_body), ("normal", _normal_body))
+}
+_OPS["keep_mask"].register_fake(
+    lambda seed, offset, numel, threshold, device: torch.empty((numel,), dtype=torch.bool, device=device))
+for _name in ("uniform", "normal"):
+    _OPS[_name].register_fake(
+        lambda seed, offset, numel, dtype, device: torch.empty((numel,), dtype=dtype, device=device))
+
+
+def _draw(name, body, seed, offset, *args):
+    if _tracing_state() is not None:
+        refuse_tracing()
+    if compiling():
+        return _OPS[name](*as_tensors(seed, offset), *args)
+    return body(seed, offset, *args)
 
 
 def keep_mask(
@@ -66,21 +65,12 @@ def keep_mask(
         >>> keep_mask(4, 0, 0, 0, torch.device("cpu")).tolist()
         [True, True, True, True]
     """
-    if _tracing_state() is not None:
-        refuse_tracing()
-    if type(seed) is int and type(offset) is int:  # host positions: eager code, no compile check
-        backend = host_backend(device.type, None)
-        if backend is not None:
+    if type(seed) is int and type(offset) is int and _tracing_state() is None:
+        # Host positions: eager code, no compile check (the per-call path of the mask layers).
+        backend = route("keep_mask", device.type)
+        if backend.position == HOST:
             return backend.keep_mask(numel, seed, offset, threshold, device)
-    if compiling():
-        return _keep_mask_op(_as_tensor(seed), _as_tensor(offset), numel, threshold, device)
-    backend = backend_for(device)
-    return backend.keep_mask(numel, *_position(backend, seed, offset, device), threshold, device)
-
-
-def _noise_backend(device: torch.device, op: str) -> ModuleType:
-    backend = backend_for(device)
-    return backend if hasattr(backend, op) else reference
+    return _draw("keep_mask", _keep_mask_body, seed, offset, numel, threshold, device)
 
 
 def uniform(
@@ -93,12 +83,7 @@ def uniform(
         >>> bool((u > 0).all() and (u < 1).all())
         True
     """
-    if _tracing_state() is not None:
-        refuse_tracing()
-    if compiling():
-        return _uniform_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
-    backend = _noise_backend(device, "uniform")
-    return backend.uniform(numel, *_position(backend, seed, offset, device), dtype, device)
+    return _draw("uniform", _uniform_body, seed, offset, numel, dtype, device)
 
 
 def normal(
@@ -111,9 +96,4 @@ def normal(
         >>> abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
         True
     """
-    if _tracing_state() is not None:
-        refuse_tracing()
-    if compiling():
-        return _normal_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
-    backend = _noise_backend(device, "normal")
-    return backend.normal(numel, *_position(backend, seed, offset, device), dtype, device)
+    return _draw("normal", _normal_body, seed, offset, numel, dtype, device)

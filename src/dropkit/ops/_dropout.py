@@ -1,104 +1,75 @@
-"""Dropout of a contiguous tensor: the custom ops torch.compile sees, and the one autograd
-definition that eager and compiled code share."""
+"""Dropout of a contiguous tensor: one body for forward and one for backward (eager, or as the
+custom ops torch.compile sees), and the one autograd Function."""
 
 from __future__ import annotations
 
 import torch
 
 from dropkit import _torch
+from dropkit.backends._shared import saved_like
+from dropkit.backends.contract import HOST
+from dropkit.ops._autograd import adjoint, run
 from dropkit.ops._dispatch import (
-    _as_tensor,
     _functorch_active,
-    _position,
     _tracing_state,
-    backend_for,
+    as_tensors,
+    backend_of,
     compiling,
-    host_backend,
+    position,
     refuse_tracing,
 )
 
-# ---- The custom ops: what torch.compile sees. Eager code calls the backends directly. ----
 
-
-def _saved_like(x: torch.Tensor, storage: str) -> torch.Tensor:
-    n = x.numel()
-    if storage == "bits":
-        return x.new_empty(((n + 7) // 8,), dtype=torch.uint8)
-    if storage == "bool":
-        return x.new_empty((n,), dtype=torch.bool)
-    return x.new_empty((0,), dtype=torch.uint8)
-
-
-@torch.library.custom_op("dropkit::dropout_fwd", mutates_args=())
-def _dropout_fwd_op(
+def _forward_body(
     x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, threshold: int, scale: float, storage: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    backend = backend_for(x.device, x.dtype)
-    return backend.dropout_forward(x, *_position(backend, seed, offset, x.device), threshold, scale, storage)
+    """``(where(keep, x * scale, 0), saved)`` from the backend that runs ``x``."""
+    backend = backend_of(x, "dropout_forward")
+    if backend.position != HOST or type(seed) is not int or type(offset) is not int:
+        seed, offset = position(backend, seed, offset, x.device)
+    return backend.dropout_forward(x, seed, offset, threshold, scale, storage)
 
 
-@_dropout_fwd_op.register_fake
-def _(x, seed, offset, threshold, scale, storage):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _saved_like(x, storage)
-
-
-@torch.library.custom_op("dropkit::dropout_bwd", mutates_args=())
-def _dropout_bwd_op(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
-    threshold: int,
-    scale: float,
-    storage: str,
+def _backward_body(
+    grad: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, saved: torch.Tensor, threshold: int,
+    scale: float, storage: str,
 ) -> torch.Tensor:
-    backend = backend_for(grad.device, grad.dtype)
-    position = _position(backend, seed, offset, grad.device)
-    return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
+    """``where(keep, grad * scale, 0)``, the mask from ``saved`` or the stream."""
+    backend = backend_of(grad, "dropout_backward")
+    if backend.position != HOST or type(seed) is not int or type(offset) is not int:
+        seed, offset = position(backend, seed, offset, grad.device)
+    return backend.dropout_backward(grad, saved, seed, offset, threshold, scale, storage)
 
 
-@_dropout_bwd_op.register_fake
-def _(grad, saved, seed, offset, threshold, scale, storage):
+_forward_op = torch.library.custom_op("dropkit::dropout_fwd", _forward_body, mutates_args=())
+_backward_op = torch.library.custom_op("dropkit::dropout_bwd", _backward_body, mutates_args=())
+
+
+@_forward_op.register_fake
+def _(x, seed, offset, threshold, scale, storage):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), saved_like(x, x.numel(), storage)
+
+
+@_backward_op.register_fake
+def _(grad, seed, offset, saved, threshold, scale, storage):
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
-
-
-# ---- The one autograd definition ----
-
-
-def _forward(x, seed, offset, threshold, scale, storage):
-    if compiling():
-        return _dropout_fwd_op(x, _as_tensor(seed), _as_tensor(offset), threshold, scale, storage)
-    backend = backend_for(x.device, x.dtype)
-    return backend.dropout_forward(x, *_position(backend, seed, offset, x.device), threshold, scale, storage)
-
-
-def _backward(grad, saved, seed, offset, threshold, scale, storage):
-    if compiling():
-        return _dropout_bwd_op(grad, saved, _as_tensor(seed), _as_tensor(offset), threshold, scale, storage)
-    backend = backend_for(grad.device, grad.dtype)
-    position = _position(backend, seed, offset, grad.device)
-    return backend.dropout_backward(grad, saved, *position, threshold, scale, storage)
-
-
+def _grad_map(grad, saved, seed, offset, threshold, scale, storage):
+    grad = grad.contiguous()
+    return run(_backward_body, _backward_op, grad, seed, offset, saved, threshold, scale, storage)
 
 
 class _Dropout(torch.autograd.Function):
-    """``y = where(keep, x * scale, 0)``; its backward is the same map of the gradient (linear,
-    with the same mask), so the backward's own backward is itself: higher orders come free."""
+    """``y = where(keep, x * scale, 0)``; its backward is the same map of the gradient."""
 
     @staticmethod
-    def forward(ctx, x, saved, seed, offset, threshold, scale, storage):
-        # Host positions (ints) only exist in eager code: the hot CPU path skips the dispatch.
-        backend = host_backend(x.device.type, x.dtype) if type(seed) is int and type(offset) is int else None
-        if saved is None:
-            if backend is not None:
-                y, saved = backend.dropout_forward(x, seed, offset, threshold, scale, storage)
-            else:
-                y, saved = _forward(x, seed, offset, threshold, scale, storage)
-        else:  # applying the backward map: x is a gradient
-            y = _backward(x, saved, seed, offset, threshold, scale, storage)
+    def forward(ctx, x, seed, offset, threshold, scale, storage):
+        # Host positions (ints) only exist in eager code: no compile check on the hot CPU path.
+        if type(seed) is int and type(offset) is int or not compiling():
+            y, saved = _forward_body(x, seed, offset, threshold, scale, storage)
+        else:
+            y, saved = _forward_op(x, *as_tensors(seed, offset), threshold, scale, storage)
         ctx.save_for_backward(saved)
         ctx.args = (seed, offset, threshold, scale, storage)
         return y
@@ -106,26 +77,18 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
-        grad_y = grad_y.contiguous()
-        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable too
-            grad_x = _Dropout.apply(grad_y, saved, *ctx.args)
+        seed, offset, threshold, scale, storage = ctx.args
+        if type(seed) is int and type(offset) is int and not torch.is_grad_enabled():
+            # Host positions, no graph of the backward: _grad_map's eager case written out (the
+            # per-call path of CPU training).
+            grad_x = _backward_body(grad_y.contiguous(), seed, offset, saved, threshold, scale, storage)
         else:
-            seed, offset, threshold, scale, storage = ctx.args
-            host = type(seed) is int and type(offset) is int
-            backend = host_backend(grad_y.device.type, grad_y.dtype) if host else None
-            if backend is not None:
-                grad_x = backend.dropout_backward(grad_y, saved, seed, offset, threshold, scale, storage)
-            else:
-                grad_x = _backward(grad_y, saved, seed, offset, threshold, scale, storage)
-        return grad_x, None, None, None, None, None, None
+            grad_x = adjoint(grad_y, _grad_map, saved, ctx.args)
+        return grad_x, None, None, None, None, None
 
 
 def dropout(
-    x: torch.Tensor,
-    seed: int | torch.Tensor,
-    offset: int | torch.Tensor,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """Dropout of a contiguous ``x`` with autograd: ``where(keep, x * scale, 0)``.
@@ -142,8 +105,8 @@ def dropout(
     if _tracing_state() is not None:
         refuse_tracing()
     if _functorch_active():
-        return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
-    return _dropout_apply(x, None, seed, offset, threshold, scale, storage)
+        return _Dropout.apply(x, seed, offset, threshold, scale, storage)
+    return _dropout_apply(x, seed, offset, threshold, scale, storage)
 
 
 _dropout_apply = _torch.function_apply(_Dropout)
@@ -161,7 +124,7 @@ def dropout_forward(
         >>> torch.equal(dropout_backward(torch.ones(8), bits, 1, 0, 2**31, 2.0, "bits"), y)
         True
     """
-    return _forward(x, seed, offset, threshold, scale, storage)
+    return run(_forward_body, _forward_op, x, seed, offset, threshold, scale, storage)
 
 
 def dropout_backward(
@@ -169,4 +132,4 @@ def dropout_backward(
     threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``where(keep, grad * scale, 0)`` with the mask from ``saved`` (or the stream), no autograd."""
-    return _backward(grad, saved, seed, offset, threshold, scale, storage)
+    return run(_backward_body, _backward_op, grad, seed, offset, saved, threshold, scale, storage)

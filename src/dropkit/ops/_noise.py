@@ -4,74 +4,53 @@ one autograd definition of both.
 ``y = x * (1 + c * z)`` (multiplicative: Gaussian dropout) or ``y = x + c * z`` (additive:
 Gaussian noise), ``z`` normal ``i`` of the stream for element ``i``. Nothing full-size is saved
 for backward: the multiplicative gradient ``grad * (1 + c * z)`` regenerates ``z`` from
-``(seed, offset)``, and the additive gradient is the incoming one.
+``(seed, offset)`` (the map is linear in ``x`` and its own adjoint), and the additive gradient
+is the incoming one.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
 from dropkit import _torch
-from dropkit.backends import reference
-from dropkit.ops._dispatch import (
-    _as_tensor,
-    _functorch_active,
-    _position,
-    _tracing_state,
-    backend_for,
-    compiling,
-    refuse_tracing,
-)
+from dropkit.ops._autograd import adjoint, run
+from dropkit.ops._dispatch import _functorch_active, _tracing_state, backend_of, position, refuse_tracing
 
 
-def _backend(x: torch.Tensor) -> ModuleType:
-    backend = backend_for(x.device, x.dtype)
-    return backend if hasattr(backend, "gaussian_apply") else reference
-
-
-@torch.library.custom_op("dropkit::gaussian_apply", mutates_args=())
-def _gaussian_op(
+def _body(
     x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, c: float, additive: bool
 ) -> torch.Tensor:
-    backend = _backend(x)
-    return backend.gaussian_apply(x, *_position(backend, seed, offset, x.device), c, additive)
+    backend = backend_of(x, "gaussian_apply")
+    return backend.gaussian_apply(x, *position(backend, seed, offset, x.device), c, additive)
 
 
-@_gaussian_op.register_fake
+_op = torch.library.custom_op("dropkit::gaussian_apply", _body, mutates_args=())
+
+
+@_op.register_fake
 def _(x, seed, offset, c, additive):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _apply(x, seed, offset, c, additive):
-    if compiling():
-        return _gaussian_op(x, _as_tensor(seed), _as_tensor(offset), c, additive)
-    backend = _backend(x)
-    return backend.gaussian_apply(x, *_position(backend, seed, offset, x.device), c, additive)
+def _multiply(x, saved, seed, offset, c):
+    """The multiplicative map ``x * (1 + c z)``: the forward, and the backward of the gradient."""
+    return run(_body, _op, x.contiguous(), seed, offset, c, False)
 
 
 class _Gaussian(torch.autograd.Function):
-    """``x * (1 + c z)`` or ``x + c z``. The multiplicative map is linear in ``x``, so its
-    backward is the same map of the gradient (and that map's backward is itself again)."""
+    """``x * (1 + c z)`` or ``x + c z``."""
 
     @staticmethod
     def forward(ctx, x, seed, offset, c, additive):
         ctx.args = (seed, offset, c)
         ctx.additive = additive
-        return _apply(x.contiguous(), seed, offset, c, additive)
+        return run(_body, _op, x.contiguous(), seed, offset, c, additive)
 
     @staticmethod
     def backward(ctx, grad_y):
         if ctx.additive:
             return grad_y, None, None, None, None
-        seed, offset, c = ctx.args
-        grad_y = grad_y.contiguous()
-        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable too
-            grad_x = _Gaussian.apply(grad_y, seed, offset, c, False)
-        else:
-            grad_x = _apply(grad_y, seed, offset, c, False)
-        return grad_x, None, None, None, None
+        return adjoint(grad_y, _multiply, None, ctx.args), None, None, None, None
 
 
 _gaussian_apply = _torch.function_apply(_Gaussian)

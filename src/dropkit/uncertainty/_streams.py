@@ -2,20 +2,22 @@
 
 A :class:`dropkit.layers.StreamModule` draws its masks from ``(self.seed, self.offset)`` when it
 has a seed, and from a fresh seed per call otherwise. MC prediction with ``seed=`` or
-``consistent=True`` gives each layer a stream of its own, derived from the caller's seed and
-the layer's name, and puts the layer's own seed, offset and generator back afterwards, so
-prediction never moves a seeded layer's training stream.
+``consistent=True`` lends each layer a stream of its own (:meth:`StreamModule.lend_stream`),
+derived from the caller's seed and the layer's name; the layer's own seed, offset and generator
+are never touched, so prediction never moves a seeded layer's training stream.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 from torch import nn
 
-from dropkit import _torch
 from dropkit.functional._checks import check_dims
 from dropkit.layers import DropConnect, DropPath, EmbeddingDropout, StreamModule
-from dropkit.rng import derive_seed, seed_to_signed
+from dropkit.rng import Stream, StreamProtocol, TensorStream, derive_seed, seed_to_signed
 
 __all__ = ["StreamOverride"]
 
@@ -36,8 +38,9 @@ class StreamOverride:
     def __init__(self, modules: dict[str, StreamModule], *, share_batch: bool = False) -> None:
         self.modules = modules
         self.rows = 0
-        self._saved: dict[str, tuple[object, object, object, object, object]] = {}
+        self._saved: dict[str, tuple[object, object]] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._lending = contextlib.ExitStack()
         if share_batch:
             lacking = [
                 f"{name} ({type(m).__name__})"
@@ -51,9 +54,6 @@ class StreamOverride:
                 )
         for name, m in modules.items():
             self._saved[name] = (
-                _read(m, "seed"),
-                _read(m, "offset"),
-                m.generator,
                 getattr(m, "shared_dims", None),
                 getattr(m, "mode", None) if isinstance(m, DropPath) else None,
             )
@@ -63,7 +63,7 @@ class StreamOverride:
                 m.mode = "batch"
 
     def _batch_hook(self, name: str):
-        original = tuple(self._saved[name][3])  # type: ignore[arg-type]
+        original = tuple(self._saved[name][0])  # type: ignore[arg-type]
 
         def hook(module: nn.Module, args: tuple[object, ...]) -> None:
             x = args[0] if args else None
@@ -78,41 +78,35 @@ class StreamOverride:
         return hook
 
     def set_streams(self, base_seed: int, *parts: str | int) -> None:
-        """Point every layer at ``(derive_seed(base_seed, *parts, name), offset 0)``."""
+        """Lend every layer the stream ``(derive_seed(base_seed, *parts, name), offset 0)``."""
+        self._lending.close()
         for name, m in self.modules.items():
-            old_seed = self._saved[name][0]
-            device = old_seed.device if isinstance(old_seed, torch.Tensor) else torch.device("cpu")
-            seed = seed_to_signed(derive_seed(base_seed, *parts, name))
-            _assign(m, "seed", torch.tensor(seed, dtype=torch.int64, device=device))
-            _assign(m, "offset", torch.zeros((), dtype=torch.int64, device=device))
-            m.generator = None
+            seed = derive_seed(base_seed, *parts, name)
+            self._lending.enter_context(m.lend_stream(_stream_on(seed, m.seed)))
 
     def restore(self) -> None:
-        """Give every layer back its own seed, offset, generator, shared_dims and DropPath mode."""
+        """Give every layer back its own stream, shared_dims and DropPath mode."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._lending.close()
         for name, m in self.modules.items():
-            seed, offset, generator, shared_dims, mode = self._saved[name]
-            _assign(m, "seed", seed)
-            _assign(m, "offset", offset)
-            m.generator = generator
+            shared_dims, mode = self._saved[name]
             if shared_dims is not None:
                 m.shared_dims = shared_dims
             if mode is not None:
                 m.mode = mode
 
 
-def _read(module: nn.Module, name: str) -> object:
-    buffers = _torch.buffer_slots(module)
-    return buffers[name] if name in buffers else module.__dict__.get(name)
+# Concurrent calls of one layer on a device must never share an offset (as for its own stream).
+_TAKE_LOCK = threading.Lock()
 
 
-def _assign(module: nn.Module, name: str, value: object) -> None:
-    # A seeded layer keeps seed/offset as buffers (the state_dict entries); an unseeded one as
-    # plain None attributes. Either way the original object is put back on restore.
-    buffers = _torch.buffer_slots(module)
-    if name in buffers:
-        buffers[name] = value
-    else:
-        object.__setattr__(module, name, value)
+def _stream_on(seed: int, own_seed: torch.Tensor | None) -> StreamProtocol:
+    """The stream ``(seed, 0)`` where the layer keeps its own: ints on the CPU (and for unseeded
+    layers), device tensors beside a seeded layer's buffers elsewhere."""
+    if own_seed is None or own_seed.device.type == "cpu":
+        return Stream(seed)
+    device = own_seed.device
+    return TensorStream(torch.tensor(seed_to_signed(seed), dtype=torch.int64, device=device),
+                        torch.zeros((), dtype=torch.int64, device=device), lock=_TAKE_LOCK)

@@ -23,6 +23,9 @@ The parts:
 
 from __future__ import annotations
 
+import sys
+
+from dropkit.backends.contract import HOST, NOT_PROVIDED, describe
 from dropkit.backends.cpu._dropblock import dropblock_backward, dropblock_forward, dropblock_mask
 from dropkit.backends.cpu._elementwise import (
     dropout_backward,
@@ -50,6 +53,7 @@ from dropkit.backends.cpu._native import (
 from dropkit.backends.cpu._noise import gaussian_apply, normal, uniform
 
 __all__ = [
+    "BACKEND",
     "DTYPES",
     "MAX_DIMS",
     "ISAS",
@@ -76,5 +80,6 @@ __all__ = [
     "gaussian_apply",
 ]
 
-# Stream positions arrive as Python ints.
-POSITION = "host"
+# Stream positions arrive as Python ints; the fused kernels are the Triton backend's alone.
+BACKEND = describe(sys.modules[__name__], "cpu", HOST, dtypes=DTYPES, max_dims=MAX_DIMS, error=load_error(),
+                   fused_attention=NOT_PROVIDED, fused_norm=NOT_PROVIDED)

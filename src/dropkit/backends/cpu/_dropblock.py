@@ -23,13 +23,8 @@ _OP_SCALE = 0
 
 
 def dropblock_mask(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool = False,
-    device: torch.device | str | None = None,
+    shape: Sequence[int], block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool = False, device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, int]:
     """DropBlock's keep-mask over ``(N, C or 1, *spatial)`` and its kept count, in one threaded pass.
 
@@ -56,11 +51,7 @@ def dropblock_mask(
 
 
 def _dropblock_bits(
-    shape: Sequence[int],
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
+    shape: Sequence[int], block_size: Sequence[int], seed: int, offset: int, threshold: int,
     shared_channels: bool,
 ) -> tuple[torch.Tensor, int]:
     """The packed block mask over ``(N, C or 1, *spatial)`` and its kept count."""
@@ -85,13 +76,8 @@ def _dropblock_bits(
 
 
 def dropblock_forward(
-    x: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    storage: str,
+    x: torch.Tensor, block_size: Sequence[int], seed: int, offset: int, threshold: int,
+    shared_channels: bool, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """DropBlock on a batched ``x`` (N, C, *spatial) in one pass: ``(y, saved, scale)``.
 
@@ -129,15 +115,8 @@ def dropblock_forward(
 
 
 def dropblock_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    block_size: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    shared_channels: bool,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, block_size: Sequence[int], seed: int, offset: int,
+    threshold: int, shared_channels: bool, scale: float, storage: str,
 ) -> torch.Tensor:
     """DropBlock's gradient ``where(keep[broadcast], grad * scale, +0.0)``; "seed" rebuilds the mask.
 

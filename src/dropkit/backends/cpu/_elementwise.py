@@ -14,12 +14,7 @@ __all__ = ["run_range", "keep_mask", "pack_mask", "unpack", "dropout_forward", "
 
 
 def run_range(
-    index0: int,
-    x: torch.Tensor | None,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float = 1.0,
+    index0: int, x: torch.Tensor | None, seed: int, offset: int, threshold: int, scale: float = 1.0,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Run the kernel on elements ``[index0, index0 + n)`` of a call, on the calling thread.
 
@@ -124,30 +119,32 @@ def dropout_forward(
         >>> torch.equal(y, reference.dropout_forward(x, 0, 0, 2**31, 2.0, "bits")[0])
         True
     """
-    # The bodies of run and new_saved ("bits") written out: the per-call path of every CPU dropout.
+    # The bodies of run and new_saved ("bits", "seed") written out: the per-call path of every
+    # CPU dropout.
     y = torch.empty_like(x)
     n = x.numel()
-    saved = torch.empty((n + 7) // 8, dtype=torch.uint8) if storage == "bits" else new_saved(n, storage)
+    bits = bools = None
+    if storage == "seed":
+        saved = _native.NOTHING
+    elif storage == "bits":
+        saved = torch.empty((n + 7) // 8, dtype=torch.uint8)
+        bits = saved.data_ptr()
+    else:
+        saved = new_saved(n, storage)
+        bools = saved.data_ptr()
     if n:
         lib = _native.lib
         if lib is None:
             unavailable()
-        out = saved.data_ptr() if saved.numel() else None
-        code = lib.dk_run(_native.isa, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), None, None,
-                          out if storage == "bits" else None, out if storage == "bool" else None,
-                          seed, offset, threshold, scale, n, torch.get_num_threads())
+        code = lib.dk_run(_native.isa, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits,
+                          bools, seed, offset, threshold, scale, n, torch.get_num_threads())
         if code:
             check(code)
     return y, saved
 
 
 def dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    grad: torch.Tensor, saved: torch.Tensor, seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep, grad * scale, +0.0)``, the mask read from ``saved`` or regenerated.

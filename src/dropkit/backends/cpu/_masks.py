@@ -104,12 +104,7 @@ def _forward_masked(
 
 
 def bcast_dropout_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
     storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = where(keep[broadcast], x * scale, +0.0)`` in one pass over ``x``, mask drawn over ``mask_shape``.
@@ -137,12 +132,7 @@ def bcast_dropout_forward(
 
 
 def bcast_dropout_redraw(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, scale: float,
 ) -> torch.Tensor:
     """``where(keep[broadcast], x * scale, +0.0)`` with the mask drawn in the same call and kept
     nowhere: the forward of :func:`bcast_dropout_forward` with ``storage="seed"``, and, called on
@@ -162,14 +152,8 @@ def bcast_dropout_redraw(
 
 
 def bcast_dropout_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    scale: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``grad_in = where(keep[broadcast], grad * scale, +0.0)``, the mask from ``saved`` or regenerated.
 
@@ -195,15 +179,8 @@ def bcast_dropout_backward(
 
 
 def alpha_forward(
-    x: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    b: float,
-    fill: float,
-    storage: str,
+    x: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int, threshold: int, a: float, b: float,
+    fill: float, storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha dropout in one pass: ``y = where(keep[broadcast], x * a + b, fill)``.
 
@@ -227,14 +204,8 @@ def alpha_forward(
 
 
 def alpha_backward(
-    grad: torch.Tensor,
-    saved: torch.Tensor,
-    mask_shape: Sequence[int],
-    seed: int,
-    offset: int,
-    threshold: int,
-    a: float,
-    storage: str,
+    grad: torch.Tensor, saved: torch.Tensor, mask_shape: Sequence[int], seed: int, offset: int,
+    threshold: int, a: float, storage: str,
 ) -> torch.Tensor:
     """Alpha dropout's gradient ``where(keep[broadcast], grad * a, +0.0)`` (rounded as dropout's).
 
