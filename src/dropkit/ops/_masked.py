@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from types import ModuleType
+from typing import List  # noqa: UP035 (torch 2.5's custom ops need it, below)
 
 import torch
 
@@ -77,10 +78,12 @@ def _masked_backward(kind, grad, saved, shape_arg, seed, offset, threshold, bpar
     return backward(grad, saved, shape_arg, seed, offset, threshold, *bparams, storage)
 
 
+# The custom ops' list arguments are annotated with typing.List: torch 2.5's schema inference
+# accepts no builtin ``list[int]`` (torch 2.6 and later accept both).
 @torch.library.custom_op("dropkit::masked_fwd", mutates_args=())
 def _masked_fwd_op(
-    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str, shape_arg: list[int],
-    threshold: int, params: list[float], storage: str,
+    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str,
+    shape_arg: List[int], threshold: int, params: List[float], storage: str,  # noqa: UP006
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if kind == "dropblock":
         params = [bool(params[0])]
@@ -103,7 +106,8 @@ def _(x, seed, offset, kind, shape_arg, threshold, params, storage):
 @torch.library.custom_op("dropkit::masked_bwd", mutates_args=())
 def _masked_bwd_op(
     grad: torch.Tensor, saved: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str,
-    shape_arg: list[int], threshold: int, bparams: list[float], extra: torch.Tensor, storage: str,
+    shape_arg: List[int], threshold: int, bparams: List[float], extra: torch.Tensor,  # noqa: UP006
+    storage: str,
 ) -> torch.Tensor:
     return _masked_backward(kind, grad, saved, tuple(shape_arg), seed, offset, threshold, tuple(bparams),
                             extra.item(), storage)
