@@ -1,6 +1,9 @@
 # The two commands the README promises: `make demo` and `make test`. Each creates .venv if it is
 # missing and installs what it needs first: `make demo` only the demo's packages (torch,
 # scikit-learn, matplotlib, tqdm), `make test` the test, interop and docs packages too.
+# `make test` is CI (.ci/test.sh): the full suite on the pinned torch, the package check, and the
+# newest and oldest supported torch releases in cached environments; `make test-pinned` is the
+# full suite alone, `make test-package` the package check alone.
 # torch==2.13.0 (the CPU build) is installed before the package so that pip never resolves torch
 # to a multi-GB CUDA build. --no-compile skips writing .pyc files for the thousands of modules
 # in torch's wheel at install time; Python compiles the few the demo imports on first use.
@@ -13,7 +16,7 @@ DEMO_STAMP := $(VENV)/.dropkit-demo-installed
 DEV_STAMP := $(VENV)/.dropkit-dev-installed
 SOURCES := pyproject.toml setup.py $(wildcard src/dropkit/backends/cpu/*.c src/dropkit/backends/cpu/*.h)
 
-.PHONY: demo test install bench lint docs clean
+.PHONY: demo test test-pinned test-package install bench lint docs clean clean-ci-cache
 
 $(DEMO_STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +34,13 @@ demo: $(DEMO_STAMP)
 	$(PY) -m dropkit demo
 
 test: $(DEV_STAMP)
+	bash .ci/test.sh
+
+test-pinned: $(DEV_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-package: $(DEV_STAMP)
+	DROPKIT_CI_STAGES=package bash .ci/test.sh
 
 bench: $(DEV_STAMP)
 	$(PY) -m dropkit bench
@@ -45,3 +54,7 @@ docs: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+# The cached CI environments of the other torch releases (.ci/envs.sh).
+clean-ci-cache:
+	rm -rf $${DROPKIT_CI_CACHE:-$$HOME/.cache/dropkit-ci}

@@ -169,7 +169,9 @@ def test_a_recomputation_that_draws_other_words_refuses():
 
 
 def test_probe_finds_every_internal_on_this_torch():
-    assert _torch.probe_errors() == {}
+    # Only the internals that dropkit._torch.SINCE dates after this release may be missing.
+    newer = {name for name, since in _torch.SINCE.items() if _torch.TORCH_RELEASE < since}
+    assert set(_torch.probe_errors()) == newer
 
 
 # --- positions are never truncated ----------------------------------------------------------------

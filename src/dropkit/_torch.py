@@ -16,6 +16,8 @@ this module, and docs/design.md lists each with the torch release that introduce
 They are looked up once, at import. A torch release that lacks one gets a clear RuntimeError
 from :func:`require` when the feature that needs it is used, or a public fallback where one
 gives the same result, never a silent wrong answer.
+:data:`SINCE` records the first release that has each internal dropkit does not find on every
+supported release (torch >= 2.5.1).
 
 How checkpoint regions are found: both checkpoint modes call the user's function from a
 handful of known functions of ``torch.utils.checkpoint``, and keep the region's state in one of
@@ -40,7 +42,10 @@ import torch
 __all__ = [
     "FORWARD",
     "RECOMPUTE",
+    "SINCE",
+    "TORCH_RELEASE",
     "probe_errors",
+    "release",
     "require",
     "checkpoint_regions",
     "graph_task_id",
@@ -59,7 +64,29 @@ __all__ = [
 FORWARD, RECOMPUTE = "forward", "recompute"
 _CHECKPOINT_MODULE = "torch.utils.checkpoint"
 
+# The first torch release with each internal that some supported release lacks. Without the
+# saved-tensor hooks query (torch < 2.8) the checkpoint pre-filter always says "maybe", and a
+# region that torch.distributed's composable checkpoint enters from module hooks cannot be seen.
+SINCE = {"saved-tensor hooks": (2, 8)}
+
 _errors: dict[str, str] = {}
+
+
+def release(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``"2.5.1+cu124"`` or ``"2.14.0a0"``.
+
+    Example:
+        >>> release("2.5.1+cu124")
+        (2, 5)
+    """
+    parts = version.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        raise ValueError(f"cannot read a release number from the version {version!r}") from None
+
+
+TORCH_RELEASE = release(torch.__version__)
 
 
 def _probe(name: str, find: Callable[[], Any]) -> Any:
@@ -95,8 +122,13 @@ def function_apply(function: type[torch.autograd.Function]) -> Callable[..., Any
 
     torch's ``Function.apply`` binds default arguments and unwraps functorch wrappers (about a
     dozen Python calls) before calling this; a caller that passes every argument positionally
-    and checks :data:`functorch_active` first can call it directly.
+    and checks :data:`functorch_active` first can call it directly. torch.compile traces the C
+    entry on the releases CI runs it on (2.13 and later); older releases' torch.compile does not
+    know it (torch 2.5: "Graph break due to unsupported builtin"), so there the public
+    ``function.apply`` is returned: the same result, a few Python calls slower.
     """
+    if TORCH_RELEASE < (2, 13):
+        return function.apply
     return super(torch.autograd.Function, function).apply  # type: ignore[misc]
 
 
@@ -153,9 +185,11 @@ def probe_errors() -> dict[str, str]:
 def require(name: str, feature: str) -> None:
     """RuntimeError naming ``feature`` if the internal ``name`` was not found in this torch."""
     if name in _errors:
+        since = SINCE.get(name)
+        newer = f"; torch >= {since[0]}.{since[1]} has it" if since else ""
         raise RuntimeError(
             f"{feature} needs torch internals that torch {torch.__version__} does not have "
-            f"({name}: {_errors[name]}); dropkit cannot keep its guarantee here"
+            f"({name}: {_errors[name]}{newer}); dropkit cannot keep its guarantee here"
         )
 
 

@@ -29,7 +29,40 @@ __all__ = [
     "normal_cos_sin",
     "sqrt_rn",
     "box_muller",
+    "MIN_TRITON",
+    "check_triton_version",
 ]
+
+# The oldest Triton release the GPU kernels run on. Triton 3.1 (torch 2.5's) rejects the
+# kernels' tl.arange bounds ("arange's arguments must be of type tl.constexpr").
+MIN_TRITON = (3, 2)
+
+
+def check_triton_version(version: str) -> None:
+    """ImportError naming ``version`` when it is older than :data:`MIN_TRITON`.
+
+    The Triton backend calls it on import, so an old Triton is reported once, as an unavailable
+    backend, and the reference backend runs instead.
+
+    Example:
+        >>> check_triton_version("3.2.0")
+        >>> try:
+        ...     check_triton_version("3.1.0")
+        ... except ImportError as exc:
+        ...     print("3.1.0 is older than 3.2" in str(exc))
+        True
+    """
+    parts = version.split("+")[0].split(".")
+    try:
+        found = (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        raise ImportError(f"cannot read the triton version {version!r}") from None
+    if found < MIN_TRITON:
+        raise ImportError(
+            f"triton {version} is older than {MIN_TRITON[0]}.{MIN_TRITON[1]}, the oldest release "
+            "dropkit's Triton kernels run on; install triton>=3.2 (it comes with torch >= 2.6) or "
+            'pip install "dropkit[gpu]"'
+        )
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dropkit.backends._shared import opmath_dtype
+from dropkit.backends._shared import check_triton_version, opmath_dtype
 from dropkit.backends.contract import DEVICE, NOT_PROVIDED, describe
 from dropkit.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, Position
 
@@ -36,6 +36,8 @@ __all__ = [
     "fused_norm",
     "fused_attention",
 ]
+
+check_triton_version(triton.__version__)
 
 # Stream positions arrive as 0-dim int64 device tensors (DEVICE in BACKEND) and the kernels read
 # them from memory: no value travels back to the host, and a launch can be captured in a CUDA graph.

@@ -83,6 +83,11 @@ class _ReplayStream:
         k = self.cursor.get(self.key, 0)
         name = type(self.module).__name__
         if k >= len(self.log):
+            if not self.log:
+                # Nothing recorded: the forward ran in a region dropkit could not see, which on a
+                # torch without the saved-tensor hooks query is torch.distributed's composable one.
+                _torch.require("saved-tensor hooks", "checkpoint replay in a region entered from module "
+                               "hooks (torch.distributed's composable checkpoint)")
             raise RuntimeError(
                 f"a checkpointed region was recomputed and called {name} more often than its "
                 "forward did: the region is not deterministic, so its masks cannot be replayed"

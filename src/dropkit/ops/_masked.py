@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from operator import attrgetter
+from typing import List  # noqa: UP035 (torch 2.5's custom ops need it, below)
 
 import torch
 
@@ -72,10 +73,12 @@ def _backward_body(
     return _BACKWARD[kind](backend)(grad, saved, tuple(shape_arg), seed, offset, threshold, *bparams, storage)
 
 
+# The custom ops' list arguments are annotated with typing.List: torch 2.5's schema inference
+# accepts no builtin ``list[int]`` (torch 2.6 and later accept both).
 @torch.library.custom_op("dropkit::masked_fwd", mutates_args=())
 def _forward_op(
-    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str, shape_arg: list[int],
-    threshold: int, params: list[float], storage: str,
+    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str, shape_arg: List[int],
+    threshold: int, params: List[float], storage: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     y, saved, extra = _forward_body(x, seed, offset, kind, shape_arg, threshold, params, storage)
     return y, saved, torch.tensor(extra, dtype=torch.float64)
@@ -93,7 +96,7 @@ def _(x, seed, offset, kind, shape_arg, threshold, params, storage):
 @torch.library.custom_op("dropkit::masked_bwd", mutates_args=())
 def _backward_op(
     grad: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, saved: torch.Tensor, kind: str,
-    shape_arg: list[int], threshold: int, bparams: list[float], extra: torch.Tensor, storage: str,
+    shape_arg: List[int], threshold: int, bparams: List[float], extra: torch.Tensor, storage: str,
 ) -> torch.Tensor:
     return _backward_body(grad, seed, offset, saved, kind, shape_arg, threshold, bparams, extra.item(),
                           storage)
