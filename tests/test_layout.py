@@ -23,7 +23,7 @@ SRC = Path(dropkit.__file__).parent
 APP = SRC / "app"
 # The command's modules; none of these names may exist, or be imported, outside dropkit/app.
 COMMAND_MODULES = {"cli", "data", "training", "report", "plots", "checkpoint", "bench", "models", "errors",
-                   "_io", "_limits", "_startup"}
+                   "_io", "_limits", "_startup", "_streams"}
 # `python -m dropkit` runs the command: the one library file allowed to import it.
 ENTRY_POINT = SRC / "__main__.py"
 MODULE_PATH = re.compile(r"dropkit(\.\w+)+")

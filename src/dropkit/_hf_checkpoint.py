@@ -18,6 +18,7 @@ import sys
 
 from torch import nn
 
+from dropkit import _torch
 from dropkit.layers._base import StreamModule
 
 __all__ = ["hide_streams", "show_streams"]
@@ -41,7 +42,7 @@ def hide_streams(model: nn.Module) -> None:
         keys = {
             f"{name}.{buffer}" if name else buffer
             for name, m in owner.named_modules(remove_duplicate=False)
-            if isinstance(m, StreamModule) and m._buffers.get("seed") is not None
+            if isinstance(m, StreamModule) and _torch.buffer_slots(m).get("seed") is not None
             for buffer in ("seed", "offset")
         }
         ignored = owner._keys_to_ignore_on_save

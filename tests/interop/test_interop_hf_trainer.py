@@ -82,6 +82,7 @@ def plain_load(directory):
 
 def test_trainer_checkpoint_loads_in_plain_transformers(tmp_path):
     transformers = real("transformers")
+    real("accelerate")  # transformers' Trainer needs it
     model, callback = patched(transformers)
     fit(transformers, model, tmp_path, [callback], max_steps=2)
     checkpoint = tmp_path / "checkpoint-2"
@@ -110,6 +111,7 @@ def test_trainer_checkpoint_loads_in_plain_transformers(tmp_path):
 
 def test_resume_from_checkpoint_continues_exact_masks_and_rates(tmp_path):
     transformers = real("transformers")
+    real("accelerate")  # transformers' Trainer needs it
     model, callback = patched(transformers)
     straight = fit(transformers, model, tmp_path / "a", [callback])
     state = json.loads((tmp_path / "a" / "checkpoint-2" / "trainer_state.json").read_text())
@@ -178,6 +180,7 @@ def test_patch_and_unpatch_keep_the_ignore_set_exact():
 
 def test_callback_per_epoch_and_attach_order(tmp_path):
     transformers = real("transformers")
+    real("accelerate")  # transformers' Trainer needs it
     from transformers.trainer_callback import (
         DefaultFlowCallback,
         PrinterCallback,

@@ -77,8 +77,8 @@ def _backward_body(
 # accepts no builtin ``list[int]`` (torch 2.6 and later accept both).
 @torch.library.custom_op("dropkit::masked_fwd", mutates_args=())
 def _forward_op(
-    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str, shape_arg: List[int],
-    threshold: int, params: List[float], storage: str,
+    x: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, kind: str, shape_arg: List[int],  # noqa: UP006
+    threshold: int, params: List[float], storage: str,  # noqa: UP006
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     y, saved, extra = _forward_body(x, seed, offset, kind, shape_arg, threshold, params, storage)
     return y, saved, torch.tensor(extra, dtype=torch.float64)
@@ -96,7 +96,7 @@ def _(x, seed, offset, kind, shape_arg, threshold, params, storage):
 @torch.library.custom_op("dropkit::masked_bwd", mutates_args=())
 def _backward_op(
     grad: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, saved: torch.Tensor, kind: str,
-    shape_arg: List[int], threshold: int, bparams: List[float], extra: torch.Tensor, storage: str,
+    shape_arg: List[int], threshold: int, bparams: List[float], extra: torch.Tensor, storage: str,  # noqa: UP006
 ) -> torch.Tensor:
     return _backward_body(grad, seed, offset, saved, kind, shape_arg, threshold, bparams, extra.item(),
                           storage)
