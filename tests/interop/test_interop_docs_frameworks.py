@@ -13,7 +13,7 @@ TEXT = (Path(__file__).resolve().parents[2] / "docs" / "patching.md").read_text(
 BLOCKS = re.findall(r"```python\n(.*?)```", TEXT.split(SECTION, 1)[1].split("\n## ", 1)[0], re.S)
 # (packages the example imports, lines it prints)
 EXPECTED = [
-    (["transformers"], ["0.025"]),
+    (["transformers", "accelerate"], ["0.025"]),
     (["pytorch_lightning"], ["(20, 16, 3) 0.0"]),
     (["baal", "torch_uncertainty"], ["True", "True"]),
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropkit import _torch
 from dropkit._select import family_modules, get_rate
 from dropkit.layers._base import StreamModule
 from dropkit.rng import check_seed, seed_to_signed
@@ -46,7 +47,7 @@ def dropout_rates(model: nn.Module, prefix: str = "dropout/") -> dict[str, float
 
 def _seeded(model: nn.Module) -> Iterable[tuple[str, StreamModule]]:
     for name, module in model.named_modules():
-        if isinstance(module, StreamModule) and module._buffers.get("seed") is not None:
+        if isinstance(module, StreamModule) and _torch.buffer_slots(module).get("seed") is not None:
             yield name, module
 
 
