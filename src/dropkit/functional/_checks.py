@@ -45,6 +45,8 @@ def check_floating(x: object, name: str = "input") -> torch.Tensor:
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
     if x.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor; call on x.unbind()'s parts")
     return x
 
 
@@ -143,7 +145,7 @@ def open_stream(
     if seed is not None:
         seed = check_position(seed, "seed")
     offset = check_position(offset, "offset")
-    if device.type == "cpu" and not ops.compiling():
+    if device.type in ("cpu", "meta") and not ops.compiling():  # meta: host positions, no data
         if isinstance(offset, torch.Tensor):
             offset = signed_to_seed(int(offset))
         if seed is None:

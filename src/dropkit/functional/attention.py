@@ -22,17 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import ops
-from dropkit.functional._checks import check_p, open_stream
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.rng import keep_threshold
 
 __all__ = ["scaled_dot_product_attention", "attention_on_stream"]
 
 
 def _check_tensor(value: object, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    check_floating(value, name)  # a dense floating-point tensor
     if value.dim() < 2:
         raise ValueError(f"{name} must have shape (..., L, E), got {tuple(value.shape)}")
     return value

@@ -16,6 +16,7 @@ from dropkit.ops._dispatch import (
     host_backend,
     refuse_tracing,
 )
+from dropkit.ops._inputs import faking
 
 
 @torch.library.custom_op("dropkit::keep_mask", mutates_args=())
@@ -68,6 +69,8 @@ def keep_mask(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if faking(device):
+        return torch.empty((numel,), dtype=torch.bool, device=device)  # fake: nothing to draw into
     if type(seed) is int and type(offset) is int:  # host positions: eager code, no compile check
         backend = host_backend(device.type, None)
         if backend is not None:
@@ -95,6 +98,8 @@ def uniform(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if faking(device):
+        return torch.empty((numel,), dtype=dtype, device=device)
     if compiling():
         return _uniform_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
     backend = _noise_backend(device, "uniform")
@@ -113,6 +118,8 @@ def normal(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if faking(device):
+        return torch.empty((numel,), dtype=dtype, device=device)
     if compiling():
         return _normal_op(_as_tensor(seed), _as_tensor(offset), numel, dtype, device)
     backend = _noise_backend(device, "normal")

@@ -16,6 +16,7 @@ from dropkit.ops._dispatch import (
     host_backend,
     refuse_tracing,
 )
+from dropkit.ops._inputs import plain, shape_only
 
 # ---- The custom ops: what torch.compile sees. Eager code calls the backends directly. ----
 
@@ -141,6 +142,8 @@ def dropout(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if not plain(x, "dropout"):
+        return shape_only(dropout, x, seed, offset, threshold, scale, storage)
     if _functorch_active():
         return _Dropout.apply(x, None, seed, offset, threshold, scale, storage)
     return _dropout_apply(x, None, seed, offset, threshold, scale, storage)
@@ -161,6 +164,8 @@ def dropout_forward(
         >>> torch.equal(dropout_backward(torch.ones(8), bits, 1, 0, 2**31, 2.0, "bits"), y)
         True
     """
+    if not plain(x, "dropout_forward"):
+        return shape_only(dropout_forward, x, seed, offset, threshold, scale, storage)
     return _forward(x, seed, offset, threshold, scale, storage)
 
 
@@ -169,4 +174,6 @@ def dropout_backward(
     threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``where(keep, grad * scale, 0)`` with the mask from ``saved`` (or the stream), no autograd."""
+    if not plain(grad, "dropout_backward"):
+        return shape_only(dropout_backward, grad, saved, seed, offset, threshold, scale, storage)
     return _backward(grad, saved, seed, offset, threshold, scale, storage)

@@ -21,6 +21,7 @@ from dropkit.ops._dispatch import (
     host_backend,
     refuse_tracing,
 )
+from dropkit.ops._inputs import plain, shape_only
 
 # ---- Masks with broadcast dims, alpha dropout, DropBlock: one pass over the full tensor ----
 #
@@ -206,6 +207,8 @@ def bcast_dropout(
         >>> torch.equal(y, torch.where(keep, x * 2.0, torch.zeros(())))
         True
     """
+    if not plain(x, "bcast_dropout"):
+        return shape_only(bcast_dropout, x, mask_shape, seed, offset, threshold, scale, storage)
     if storage == "seed" and x.dim() <= 8 and not compiling() and _tracing_state() is None \
             and not _functorch_active():
         redraw = _redraw_for(x)
@@ -256,6 +259,8 @@ def alpha(
         >>> sorted(set(y.tolist()))
         [-1.0, 0.5]
     """
+    if not plain(x, "alpha"):
+        return shape_only(alpha, x, mask_shape, seed, offset, threshold, a, b, fill, storage)
     return _masked("alpha", x, mask_shape, seed, offset, threshold, (a, b, fill), storage)
 
 
@@ -271,4 +276,6 @@ def drop_block(
         >>> y.shape
         torch.Size([1, 1, 6, 6])
     """
+    if not plain(x, "drop_block"):
+        return shape_only(torch.clone, x)  # the block mask counts its seeds: data a shape lacks
     return _masked("dropblock", x, block_size, seed, offset, threshold, (bool(shared_channels),), storage)
