@@ -115,6 +115,23 @@ def main():
     layer = dropkit.Dropout(0.3, seed=2)
     layer(distribute_tensor(torch.ones(10, 4), mesh, [Shard(0)]))
     results["global advance"] = "ok" if layer.stream_state()["offset"] == 10 else str(layer.stream_state())
+    # seed_streams / seed_model: the replicated seed is the same on the TP mesh and works;
+    # a layer given the sharded seed holds another position on each rank, and is refused.
+    from dropkit.distributed import seed_model, seed_streams
+
+    streams = seed_streams(7, tensor_parallel_group=mesh.get_group())
+    model = torch.nn.Sequential(dropkit.Dropout(0.3), dropkit.Dropout(0.3))
+    seeds = seed_model(model, streams)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(8))
+    y = model(distribute_tensor(x, mesh, [Shard(1)])).full_tensor()
+    expected = F.dropout(F.dropout(x, 0.3, seed=seeds["0"]), 0.3, seed=seeds["1"])
+    results["seed_model replicated"] = "ok" if torch.equal(y, expected) else f"differs {seeds}"
+    seed_model(model, streams, sharded=["1"])
+    try:
+        model(distribute_tensor(x, mesh, [Shard(1)]))
+        results["seed_model sharded"] = "not refused"
+    except RuntimeError as exc:
+        results["seed_model sharded"] = "ok" if "different stream positions" in str(exc) else str(exc)
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
