@@ -21,7 +21,7 @@ SUPPORTED = [
     "functional.dropout", "functional.dropout[shared_dims]", "functional.dropout1d", "functional.dropout2d",
     "functional.dropout3d", "functional.drop_path", "functional.locked_dropout",
     "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "StochasticDepth", "LockedDropout",
-    "MCDropout",
+    "MCDropout", "functional.scaled_dot_product_attention",
 ]
 REFUSED = sorted(set(MEMBERS) - set(SUPPORTED))
 
@@ -39,7 +39,14 @@ def compare(call, x, mesh, placements, seed=5):
     weight = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
     (expected * weight).sum().backward()
     dx = distribute_tensor(x, mesh, list(placements)).requires_grad_()
-    got = call(dx, seed)
+    try:
+        got, error = call(dx, seed), None
+    except Exception as exc:  # every rank must learn of it before the next collective
+        got, error = None, exc
+    failed = torch.tensor([error is not None], dtype=torch.int64)
+    dist.all_reduce(failed)
+    if int(failed):
+        return f"failed on {int(failed)} rank(s): {error!r}"
     if tuple(got.placements) != tuple(placements):
         return f"placements {got.placements} != {placements}"
     full = got.full_tensor()
@@ -85,6 +92,9 @@ def main():
             call, shape = MEMBERS[name]
             x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
             for placements in placements_for(mesh, len(shape)):
+                if name == "functional.scaled_dot_product_attention" and (mesh.ndim > 1 or world > 2 or any(
+                        isinstance(p, Shard) and p.dim >= 2 for p in placements)):
+                    continue  # a 1-D mesh, even shards of batch and head dims only
                 key = f"{tag}/{name}/{placements}"
                 try:
                     results[key] = compare(call, x, mesh, placements)
@@ -104,6 +114,12 @@ def main():
             results[f"refused/{name}"] = "not refused"
         except (TypeError, RuntimeError) as exc:
             results[f"refused/{name}"] = "ok" if "dtensor" in str(exc).lower() else f"unclear: {exc}"
+    try:
+        call, shape = MEMBERS["functional.scaled_dot_product_attention"]
+        call(distribute_tensor(torch.randn(shape), mesh, [Shard(2)]), 5)
+        results["refused/attention Shard(L)"] = "not refused"
+    except TypeError as exc:
+        results["refused/attention Shard(L)"] = "ok" if "batch and head dims" in str(exc) else str(exc)
     # Ranks seeded differently: refused, never per-rank masks.
     torch.manual_seed(dist.get_rank())
     try:

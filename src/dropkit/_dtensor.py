@@ -165,3 +165,74 @@ def apply_dropout(
     y = _LocalDropout.apply(local, keep, scale)
     out = DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())
     return x.copy_(out) if inplace else out
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: object, p: float,
+              is_causal: bool, scale: float | None, enable_gqa: bool, stream: object) -> torch.Tensor:
+    """Attention dropout on DTensors sharded over batch or head dims: each rank runs attention
+    on its (batch, head) matrices with the words those matrices have in one process.
+
+    ``query``, ``key`` and ``value`` share mesh and placements (``Replicate`` or ``Shard(d)`` with
+    ``d`` a batch or head dim); the probabilities ``(*batch, L, S)`` draw one word per element,
+    so matrix ``g`` (global row-major over the batch dims) starts at word ``g * L * S``.
+
+    Shape:
+        query ``(*batch, L, E)``, key ``(*batch, S, E)``, value ``(*batch, S, Ev)``; output
+        ``(*batch, L, Ev)``, a DTensor with the query's placements.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    from dropkit.functional.attention import _sdpa
+    from dropkit.rng import Stream
+
+    if torch.compiler.is_compiling():
+        raise RuntimeError("dropkit's DTensor attention runs in eager mode; torch.compile around it "
+                           "is not supported")
+    mesh, placements = query.device_mesh, tuple(query.placements)
+    _check_placements(placements, "scaled_dot_product_attention")
+    batch_dims = query.dim() - 2
+    for t in (key, value):
+        if not is_dtensor(t) or t.device_mesh != mesh or tuple(t.placements) != placements:
+            got = getattr(t, "placements", type(t).__name__)
+            raise TypeError("scaled_dot_product_attention on DTensors needs query, key and value on one "
+                            f"mesh with the same placements, got {placements} and {got}")
+    if any(type(p_) is not Shard and not p_.is_replicate() or type(p_) is Shard and p_.dim >= batch_dims
+           for p_ in placements) or attn_mask is not None or enable_gqa or key.shape[:-2] != query.shape[:-2]:
+        raise TypeError("scaled_dot_product_attention on DTensors supports Replicate and Shard over the "
+                        f"batch and head dims, without attn_mask or enable_gqa; got {placements}")
+    if mesh.ndim != 1 or any(type(p_) is Shard and query.shape[p_.dim] % mesh.size(0) for p_ in placements):
+        raise TypeError("scaled_dot_product_attention on DTensors supports a 1-D mesh with even shards "
+                        f"(the cases verified against one process); got mesh {tuple(mesh.shape)}, "
+                        f"{placements} on shape {tuple(query.shape)}")
+    batch, length, s_len = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
+    per_matrix = length * s_len
+    seed, offset = stream.take(math.prod(batch) * per_matrix)
+    seed, offset = _host(seed), _host(offset)
+    _agree(mesh, seed, offset)
+    if per_matrix % 4 and math.prod(batch) > 1 and any(type(p_) is Shard for p_ in placements):
+        raise TypeError(f"scaled_dot_product_attention on sharded DTensors needs L * S divisible by 4 (each "
+                        f"matrix starting on a Philox block), got L={length}, S={s_len}")
+    q, k, v = query.to_local(), key.to_local(), value.to_local()
+    local_batch, start = _torch.local_box(tuple(query.shape), mesh, placements)
+    local_batch, start = local_batch[:-2], start[:-2]
+    matrices = _global_index(batch, start, local_batch, q.device).reshape(-1).tolist()
+    qf, kf, vf = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    outs, first = [], 0
+    for j in range(1, len(matrices) + 1):  # runs of consecutive matrices, one call each
+        if j == len(matrices) or matrices[j] != matrices[j - 1] + 1:
+            run = Stream(seed, offset + matrices[first] * per_matrix // 4)
+            outs.append(_sdpa(qf[first:j], kf[first:j], vf[first:j], None, p, is_causal, scale, False, run))
+            first = j
+    local = torch.cat(outs) if outs else vf.new_empty((0, length, v.shape[-1]))
+    local = local.reshape(*local_batch, length, v.shape[-1])
+    shape = (*batch, length, value.shape[-1])
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=torch.Size(shape),
+                              stride=_contiguous_strides(shape))
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))

@@ -21,7 +21,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from dropkit import ops
+from dropkit import _dtensor, ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.rng import keep_threshold
 
@@ -283,6 +283,8 @@ def attention_on_stream(
 
 
 def _attend(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream) -> torch.Tensor:
+    if type(query) is not torch.Tensor and p > 0.0 and _dtensor.is_dtensor(query):
+        return _dtensor.attention(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream)
     if p == 0.0:  # torch's own function: nothing drawn, results bit for bit torch's
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa

@@ -32,7 +32,7 @@ _state = threading.local()
 
 _ADVICE = {
     "dtensor": "dropkit's DTensor support (docs/reproducibility.md) covers dropout, shared-mask "
-               "dropout, DropPath, locked, embedding and weight dropout and attention dropout; for "
+               "dropout (Dropout1d/2d/3d, DropPath, locked dropout) and attention dropout; for "
                "this op call it on x.full_tensor(), or on x.to_local() if per-rank masks are meant",
     "nested": "call it on each component (x.unbind()) or on x.values()",
     "sparse": "call .to_dense() first",
