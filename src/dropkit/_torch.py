@@ -12,6 +12,9 @@ this module, and docs/design.md lists each with the torch release that introduce
 * softmax's backward formula (``torch._softmax_backward_data``), the batch-norm base class
   (``torch.nn.modules.batchnorm._BatchNorm``), DDP's list of buffers it must not broadcast, and
   the dicts in which ``nn.Module`` keeps its parameters, buffers and children.
+* what kind of tensor an op received (:func:`tensor_kind`: fake, functorch-wrapped, DTensor,
+  ...), so that no kernel is handed memory it cannot read;
+* which block of a DTensor's global index space a rank holds (:func:`local_box`).
 
 They are looked up once, at import. A torch release that lacks one gets a clear RuntimeError
 from :func:`require` when the feature that needs it is used, or a public fallback where one
@@ -59,6 +62,9 @@ __all__ = [
     "buffer_slots",
     "child_slots",
     "ddp_ignore_buffers",
+    "tensor_kind",
+    "fake_mode_active",
+    "local_box",
 ]
 
 FORWARD, RECOMPUTE = "forward", "recompute"
@@ -310,3 +316,88 @@ def ddp_ignore_buffers(model: torch.nn.Module, names: list[str]) -> None:
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         model, ignored + [n for n in names if n not in ignored]
     )
+_functorch_wrapped = _probe(
+    "functorch wrappers", lambda: torch._C._functorch.is_functorch_wrapped_tensor
+) or (lambda x: False)
+
+
+def _fake_mode_probe() -> Callable[[], bool]:
+    get, key = torch._C._get_dispatch_mode, torch._C._TorchDispatchModeKey.FAKE
+    return lambda: get(key) is not None
+
+
+fake_mode_active = _probe("fake mode", _fake_mode_probe) or (lambda: False)
+"""Whether a ``FakeTensorMode`` is active (new tensors are fake)."""
+
+
+def _fake_type() -> type | None:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return FakeTensor
+
+
+_FAKE = _probe("fake tensors", _fake_type)
+_DTENSOR: list = []  # DTensor's class, found at the first tensor that is not a plain one
+
+
+def _dtensor_type() -> type | None:
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # a torch built without torch.distributed
+            DTensor = None
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0]
+
+
+def tensor_kind(x: torch.Tensor) -> str:
+    """What kind of tensor ``x`` is, as far as a kernel reading its memory is concerned.
+
+    One of ``"dense"`` (strided memory a kernel may read), ``"fake"`` (a FakeTensor:
+    ``FakeTensorMode`` or torch.compile's tracing), ``"meta"``, ``"dtensor"``, ``"nested"``,
+    ``"sparse"`` (any layout but strided), ``"quantized"``, ``"functorch"`` (a vmap or grad
+    wrapper) or ``"subclass <name>"`` (a tensor subclass with a dispatch of its own).
+
+    Example:
+        >>> tensor_kind(torch.ones(2)), tensor_kind(torch.ones(2, device="meta"))
+        ('dense', 'meta')
+    """
+    cls = type(x)
+    if _FAKE is not None and isinstance(x, _FAKE):
+        return "fake"
+    dtensor = _dtensor_type() if cls is not torch.Tensor else None
+    if dtensor is not None and isinstance(x, dtensor):
+        return "dtensor"
+    if x.is_nested:
+        return "nested"
+    if x.layout != torch.strided:
+        return "sparse"
+    if x.is_quantized:
+        return "quantized"
+    if x.device.type == "meta":
+        return "meta"
+    if _functorch_wrapped(x):
+        return "functorch"
+    if getattr(cls, "__torch_dispatch__", None) is not torch.Tensor.__torch_dispatch__:
+        return f"subclass {cls.__name__}"
+    return "dense"
+
+
+def local_box(
+    shape: tuple[int, ...], mesh: Any, placements: tuple
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(local shape, global offset)`` of this rank's block of a DTensor of global ``shape``.
+
+    Uses ``torch.distributed.tensor._utils.compute_local_shape_and_global_offset``, the rule
+    DTensor itself shards by (uneven shards included).
+    """
+    from torch.distributed.tensor import _utils
+
+    find = getattr(_utils, "compute_local_shape_and_global_offset", None)
+    if find is None:
+        raise RuntimeError(
+            f"dropkit's DTensor support needs torch.distributed.tensor._utils."
+            f"compute_local_shape_and_global_offset, which torch {torch.__version__} does not have"
+        )
+    local_shape, offset = find(shape, mesh, placements)
+    return tuple(int(s) for s in local_shape), tuple(int(o) for o in offset)

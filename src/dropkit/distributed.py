@@ -142,8 +142,10 @@ def seed_model(
     Args:
         model: the module to seed (unchanged if it holds no dropkit layer).
         seed: an int in [0, 2**64), or the result of :func:`seed_streams`.
-        sharded: qualified names of layers (or parents) that see tensor-parallel shards; only
-            with a SeedStreams.
+        sharded: qualified names of layers (or parents) that see tensor-parallel shards as
+            plain local tensors (Megatron-style); only with a SeedStreams. Layers that see
+            DTensors stay out of it: the DTensor path gives each shard its block of one global
+            mask and needs the same stream on every rank of the mesh (docs/reproducibility.md).
 
     Returns:
         ``{qualified_name: seed}`` for every layer seeded.

@@ -591,7 +591,7 @@ def open_stream(
     if seed is not None:
         seed = check_position(seed, "seed")
     offset = check_position(offset, "offset")
-    if device.type == "cpu" and not torch.compiler.is_compiling():
+    if device.type in ("cpu", "meta") and not torch.compiler.is_compiling():  # meta: host positions
         if isinstance(offset, torch.Tensor):
             offset = signed_to_seed(int(offset))
         if seed is None:

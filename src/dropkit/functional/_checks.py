@@ -47,6 +47,8 @@ def check_floating(x: object, name: str = "input") -> torch.Tensor:
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
     if x.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor; call on x.unbind()'s parts")
     return x
 
 

@@ -21,18 +21,15 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from dropkit import _torch, ops
-from dropkit.functional._checks import check_p, open_stream
+from dropkit import _dtensor, _torch, ops
+from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.rng import keep_threshold
 
 __all__ = ["scaled_dot_product_attention", "attention_on_stream"]
 
 
 def _check_tensor(value: object, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    check_floating(value, name)  # a dense floating-point tensor
     if value.dim() < 2:
         raise ValueError(f"{name} must have shape (..., L, E), got {tuple(value.shape)}")
     return value
@@ -286,6 +283,8 @@ def attention_on_stream(
 
 
 def _attend(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream) -> torch.Tensor:
+    if type(query) is not torch.Tensor and p > 0.0 and _dtensor.is_dtensor(query):
+        return _dtensor.attention(query, key, value, attn_mask, p, is_causal, scale, enable_gqa, stream)
     if p == 0.0:  # torch's own function: nothing drawn, results bit for bit torch's
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from dropkit import ops
+from dropkit import _dtensor, ops
+from dropkit._dtensor import is_dtensor
 from dropkit.functional._checks import (
     check_dims,
     check_floating,
@@ -102,6 +103,8 @@ def apply_dropout(
     the (normalized) shared dims, ``threshold`` is ``round(p * 2**32)``. It reserves exactly
     the mask's words, ``prod(mask_shape(input.shape, dims))``.
     """
+    if type(input) is not torch.Tensor and is_dtensor(input):  # each rank: its block of the mask
+        return _dtensor.apply_dropout(input, threshold, scale, dims, stream, inplace)
     if dims:
         shape, numel = _reduced(input.shape, dims)
         if numel != input.numel():

@@ -218,7 +218,7 @@ class StreamModule(nn.Module):
         own = self._own
         if own is not None and own.seed_buffer is seed and own.offset_buffer is offset:
             return own
-        if seed.device.type != "cpu":
+        if seed.device.type != "cpu" or type(seed) is not torch.Tensor:  # a GPU's, or fake buffers
             return TensorStream(seed, offset, lock=_TAKE_LOCK)
         self._own = BufferStream(seed, offset)
         return self._own

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dropkit.functional._checks import check_floating
 from dropkit.functional.attention import _sdpa
 from dropkit.functional.dropout import apply_dropout
 from dropkit.layers.dropout import Dropout
@@ -118,6 +119,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             )
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint")
+        for t, name in ((query, "query"), (key, "key"), (value, "value")):
+            check_floating(t, name)
         return self._dropout_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                      average_attn_weights)
 

@@ -14,6 +14,7 @@ from dropkit.ops._dispatch import (
     refuse_tracing,
     route,
 )
+from dropkit.ops._inputs import faking
 
 
 def _keep_mask_body(
@@ -65,6 +66,8 @@ def keep_mask(
         >>> keep_mask(4, 0, 0, 0, torch.device("cpu")).tolist()
         [True, True, True, True]
     """
+    if faking(device):
+        return torch.empty((numel,), dtype=torch.bool, device=device)  # fake: nothing to draw into
     if type(seed) is int and type(offset) is int and _tracing_state() is None:
         # Host positions: eager code, no compile check (the per-call path of the mask layers).
         backend = route("keep_mask", device.type)
@@ -83,6 +86,8 @@ def uniform(
         >>> bool((u > 0).all() and (u < 1).all())
         True
     """
+    if faking(device):
+        return torch.empty((numel,), dtype=dtype, device=device)
     return _draw("uniform", _uniform_body, seed, offset, numel, dtype, device)
 
 
@@ -96,4 +101,6 @@ def normal(
         >>> abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
         True
     """
+    if faking(device):
+        return torch.empty((numel,), dtype=dtype, device=device)
     return _draw("normal", _normal_body, seed, offset, numel, dtype, device)

@@ -18,6 +18,7 @@ from dropkit.ops._dispatch import (
     position,
     refuse_tracing,
 )
+from dropkit.ops._inputs import plain, shape_only
 
 
 def _forward_body(
@@ -104,6 +105,8 @@ def dropout(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if not plain(x, "dropout"):
+        return shape_only(dropout, x, seed, offset, threshold, scale, storage)
     if _functorch_active():
         return _Dropout.apply(x, seed, offset, threshold, scale, storage)
     return _dropout_apply(x, seed, offset, threshold, scale, storage)
@@ -124,6 +127,8 @@ def dropout_forward(
         >>> torch.equal(dropout_backward(torch.ones(8), bits, 1, 0, 2**31, 2.0, "bits"), y)
         True
     """
+    if not plain(x, "dropout_forward"):
+        return shape_only(dropout_forward, x, seed, offset, threshold, scale, storage)
     return run(_forward_body, _forward_op, x, seed, offset, threshold, scale, storage)
 
 
@@ -132,4 +137,6 @@ def dropout_backward(
     threshold: int, scale: float, storage: str,
 ) -> torch.Tensor:
     """``where(keep, grad * scale, 0)`` with the mask from ``saved`` (or the stream), no autograd."""
+    if not plain(grad, "dropout_backward"):
+        return shape_only(dropout_backward, grad, saved, seed, offset, threshold, scale, storage)
     return run(_backward_body, _backward_op, grad, seed, offset, saved, threshold, scale, storage)

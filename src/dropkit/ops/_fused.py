@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dropkit.ops._dispatch import backend_of, position
+from dropkit.ops._inputs import plain
 
 
 def fuses_attention(
@@ -18,6 +19,8 @@ def fuses_attention(
         >>> fuses_attention(q, q, q, None, False)
         False
     """
+    if not plain(query, "attention", refuse=False):
+        return False
     fused = backend_of(query, "fused_attention").fused_attention
     return fused is not None and fused().supports(query, key, value, attn_mask, enable_gqa)
 
@@ -42,6 +45,8 @@ def fuses_dropout_add_norm(x: torch.Tensor) -> bool:
         >>> fuses_dropout_add_norm(torch.ones(2, 4))
         False
     """
+    if not plain(x, "dropout_add_norm", refuse=False):
+        return False
     fused = backend_of(x, "fused_norm").fused_norm
     return fused is not None and 0 < x.shape[-1] <= fused().MAX_COLUMNS and x.numel() > 0
 

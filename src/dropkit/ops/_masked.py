@@ -27,6 +27,7 @@ from dropkit.backends._shared import saved_like
 from dropkit.backends.contract import HOST, Backend
 from dropkit.ops import _dispatch as dispatch
 from dropkit.ops._autograd import adjoint, saves
+from dropkit.ops._inputs import plain, shape_only
 
 # kind -> (forward kernel, backward kernel): fields of the backend contract.
 _KERNELS = {
@@ -172,6 +173,8 @@ def bcast_dropout(
         >>> torch.equal(y, torch.where(keep, x * 2.0, torch.zeros(())))
         True
     """
+    if not plain(x, "bcast_dropout"):
+        return shape_only(bcast_dropout, x, mask_shape, seed, offset, threshold, scale, storage)
     if storage == "seed" and not dispatch.compiling() and dispatch._tracing_state() is None \
             and not dispatch._functorch_active():
         backend = dispatch.backend_of(x, "bcast_dropout_redraw")
@@ -202,6 +205,8 @@ def alpha(
         >>> sorted(set(y.tolist()))
         [-1.0, 0.5]
     """
+    if not plain(x, "alpha"):
+        return shape_only(alpha, x, mask_shape, seed, offset, threshold, a, b, fill, storage)
     return _masked("alpha", x, mask_shape, seed, offset, threshold, (a, b, fill), storage)
 
 
@@ -217,4 +222,6 @@ def drop_block(
         >>> y.shape
         torch.Size([1, 1, 6, 6])
     """
+    if not plain(x, "drop_block"):
+        return shape_only(torch.clone, x)  # the block mask counts its seeds: data a shape lacks
     return _masked("dropblock", x, block_size, seed, offset, threshold, (bool(shared_channels),), storage)

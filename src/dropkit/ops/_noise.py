@@ -15,6 +15,7 @@ import torch
 from dropkit import _torch
 from dropkit.ops._autograd import adjoint, run
 from dropkit.ops._dispatch import _functorch_active, _tracing_state, backend_of, position, refuse_tracing
+from dropkit.ops._inputs import plain, shape_only
 
 
 def _body(
@@ -79,6 +80,8 @@ def gaussian(
     """
     if _tracing_state() is not None:
         refuse_tracing()
+    if not plain(x, "gaussian"):
+        return shape_only(torch.clone, x)  # the normals' reference rounding reads values
     if _functorch_active():
         return _Gaussian.apply(x, seed, offset, c, additive)
     return _gaussian_apply(x, seed, offset, c, additive)

@@ -1,0 +1,238 @@
+"""Dropout on DTensor: each rank applies its slice of the mask one process would draw.
+
+dropkit's masks are a pure function of ``(seed, offset, element index)`` (docs/rng.md): word
+``i`` of the stream is lane ``i mod 4`` of the Philox block at counter ``offset + i // 4``. A
+DTensor's rank holds a rectangular block of the global tensor (``Shard(d)`` on any dim, uneven
+shards, 2-D meshes) or all of it (``Replicate``, ``Partial``), so each rank computes the global
+row-major index of each of its elements (of the reduced mask, for shared masks), draws exactly
+those words, and applies them to its local tensor. Nothing is gathered, and ``full_tensor()``
+of the result equals the same call on ``x.full_tensor()`` in one process, bit for bit.
+
+* The stream advances by the **global** mask size on every rank, so the ranks stay in step.
+* ``Partial``: dropout is linear given its mask, so every rank applies the same mask to its
+  partial value and the result stays ``Partial``.
+* Before drawing, the ranks check that they hold the same stream position (one all-reduce
+  over the mesh): different seeds per rank would silently give per-rank masks, so they raise.
+* What is not supported (a placement other than ``Replicate``/``Shard``/``Partial``, such as
+  FSDP2's ``_StridedShard``; torch.compile around a DTensor call) raises, naming it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dropkit import _torch
+from dropkit.backends._shared import opmath_dtype
+from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed
+
+__all__ = ["is_dtensor", "apply_dropout", "words_at"]
+
+
+def is_dtensor(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a ``torch.distributed.tensor.DTensor``.
+
+    Example:
+        >>> is_dtensor(torch.ones(2))
+        False
+    """
+    if type(x) is torch.Tensor:
+        return False
+    cls = _torch._dtensor_type()
+    return cls is not None and isinstance(x, cls)
+
+
+def words_at(seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+    """Stream words ``w[index]`` of the stream ``(seed, offset)``, for any int64 ``index`` tensor.
+
+    ``w[i]`` is lane ``i mod 4`` of Philox4x32-10 at counter ``offset + i // 4`` (mod 2**64)
+    under the key ``(seed mod 2**32, seed >> 32)``: the words :func:`dropkit.rng.philox_words`
+    lays out in a row.
+
+    Shape:
+        index: ``(*)``; output: ``(*)``, int64 words in [0, 2**32).
+
+    Example:
+        >>> from dropkit.rng import philox_words
+        >>> i = torch.tensor([5, 0, 9])
+        >>> torch.equal(words_at(7, 3, i), philox_words(7, 3, 10)[i])
+        True
+    """
+    block = index >> 2
+    lo = (offset & _MASK32) + block
+    c0 = lo & _MASK32
+    c1 = ((offset >> 32) + (lo >> 32)) & _MASK32
+    zero = torch.zeros_like(block)
+    words = torch.stack(_philox_rounds(c0, c1, zero, zero, seed & _MASK32, seed >> 32, 10), dim=-1)
+    return words.gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
+
+
+def _global_index(shape: tuple[int, ...], offset: tuple[int, ...], box: tuple[int, ...],
+                  device: torch.device) -> torch.Tensor:
+    """Row-major indices in ``shape`` of the block ``offset + [0, box)``, shaped ``box``."""
+    index = torch.zeros((), dtype=torch.int64, device=device)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        along = torch.arange(offset[d], offset[d] + box[d], dtype=torch.int64, device=device) * stride
+        index = index + along.view((-1,) + (1,) * (len(shape) - 1 - d))
+        stride *= shape[d]
+    return index.expand(box)
+
+
+def _host(value: int | torch.Tensor) -> int:
+    return value if type(value) is int else signed_to_seed(int(value))
+
+
+def _check_placements(placements: tuple, what: str) -> None:
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    for p in placements:
+        if type(p) not in (Replicate, Shard, Partial):
+            raise TypeError(
+                f"{what} on a DTensor supports the placements Replicate, Shard(d) and Partial, got "
+                f"{p!r}; redistribute the tensor first (a per-rank mask is never drawn instead)"
+            )
+
+
+def _agree(mesh: object, seed: int, offset: int) -> None:
+    """Raise unless every rank of ``mesh`` holds the stream position ``(seed, offset)``."""
+    import torch.distributed as dist
+
+    words = [seed & _MASK32, seed >> 32, offset & _MASK32, offset >> 32]
+    t = torch.tensor(words + [-w for w in words], dtype=torch.int64, device=mesh.device_type)
+    for dim in range(mesh.ndim):
+        dist.all_reduce(t, dist.ReduceOp.MAX, group=mesh.get_group(dim))
+    if not torch.equal(t[:4], -t[4:]):
+        raise RuntimeError(
+            f"the ranks of the DTensor's mesh draw from different stream positions (this rank: "
+            f"seed={seed}, offset={offset}), which would give each rank a mask of its own; give "
+            "every rank the same seed (torch.manual_seed, or the same seed= on each rank), as one "
+            "process would use"
+        )
+
+
+class _LocalDropout(torch.autograd.Function):
+    """``where(keep, x * scale, 0)`` on the local tensor, rounded as the backends round it;
+    linear with the same mask, so its backward is itself."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        opmath = opmath_dtype(x.dtype)
+        s = torch.tensor(scale, dtype=opmath, device=x.device)
+        return torch.where(keep, x.to(opmath) * s, torch.zeros((), dtype=opmath, device=x.device)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return _LocalDropout.apply(grad, keep, ctx.scale), None, None
+
+
+def apply_dropout(
+    x: torch.Tensor, threshold: int, scale: float, dims: tuple[int, ...], stream: object, inplace: bool
+) -> torch.Tensor:
+    """:func:`dropkit.functional.dropout.apply_dropout` for a DTensor ``x``: the mask over
+    ``x``'s global shape with ``dims`` shared, each rank applying its own block of it.
+
+    Shape:
+        x: any global shape; output: a DTensor of the same shape, mesh and placements.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if torch.compiler.is_compiling():
+        raise RuntimeError("dropkit's DTensor dropout runs in eager mode; torch.compile around it "
+                           "is not supported")
+    mesh, placements = x.device_mesh, tuple(x.placements)
+    _check_placements(placements, "dropout")
+    shape = tuple(x.shape)
+    reduced = tuple(1 if d in dims else s for d, s in enumerate(shape))
+    seed, offset = stream.take(math.prod(reduced))  # the global count, on every rank
+    seed, offset = _host(seed), _host(offset)
+    _agree(mesh, seed, offset)
+    local = x.to_local()
+    local_shape, global_offset = _torch.local_box(shape, mesh, placements)
+    if tuple(local.shape) != local_shape:
+        raise RuntimeError(f"this rank's block of the DTensor has shape {tuple(local.shape)}, not the "
+                           f"{local_shape} its placements {placements} give")
+    box = tuple(1 if d in dims else n for d, n in enumerate(local_shape))
+    start = tuple(0 if d in dims else o for d, o in enumerate(global_offset))
+    if threshold <= 0:
+        keep = torch.ones(box, dtype=torch.bool, device=local.device)
+    else:
+        keep = words_at(seed, offset, _global_index(reduced, start, box, local.device)) >= threshold
+    y = _LocalDropout.apply(local, keep, scale)
+    out = DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())
+    return x.copy_(out) if inplace else out
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: object, p: float,
+              is_causal: bool, scale: float | None, enable_gqa: bool, stream: object) -> torch.Tensor:
+    """Attention dropout on DTensors sharded over batch or head dims: each rank runs attention
+    on its (batch, head) matrices with the words those matrices have in one process.
+
+    ``query``, ``key`` and ``value`` share mesh and placements (``Replicate`` or ``Shard(d)`` with
+    ``d`` a batch or head dim); the probabilities ``(*batch, L, S)`` draw one word per element,
+    so matrix ``g`` (global row-major over the batch dims) starts at word ``g * L * S``.
+
+    Shape:
+        query ``(*batch, L, E)``, key ``(*batch, S, E)``, value ``(*batch, S, Ev)``; output
+        ``(*batch, L, Ev)``, a DTensor with the query's placements.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    from dropkit.functional.attention import _sdpa
+    from dropkit.rng import Stream
+
+    if torch.compiler.is_compiling():
+        raise RuntimeError("dropkit's DTensor attention runs in eager mode; torch.compile around it "
+                           "is not supported")
+    mesh, placements = query.device_mesh, tuple(query.placements)
+    _check_placements(placements, "scaled_dot_product_attention")
+    batch_dims = query.dim() - 2
+    for t in (key, value):
+        if not is_dtensor(t) or t.device_mesh != mesh or tuple(t.placements) != placements:
+            got = getattr(t, "placements", type(t).__name__)
+            raise TypeError("scaled_dot_product_attention on DTensors needs query, key and value on one "
+                            f"mesh with the same placements, got {placements} and {got}")
+    if any(type(p_) is not Shard and not p_.is_replicate() or type(p_) is Shard and p_.dim >= batch_dims
+           for p_ in placements) or attn_mask is not None or enable_gqa or key.shape[:-2] != query.shape[:-2]:
+        raise TypeError("scaled_dot_product_attention on DTensors supports Replicate and Shard over the "
+                        f"batch and head dims, without attn_mask or enable_gqa; got {placements}")
+    if mesh.ndim != 1 or any(type(p_) is Shard and query.shape[p_.dim] % mesh.size(0) for p_ in placements):
+        raise TypeError("scaled_dot_product_attention on DTensors supports a 1-D mesh with even shards "
+                        f"(the cases verified against one process); got mesh {tuple(mesh.shape)}, "
+                        f"{placements} on shape {tuple(query.shape)}")
+    batch, length, s_len = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
+    per_matrix = length * s_len
+    seed, offset = stream.take(math.prod(batch) * per_matrix)
+    seed, offset = _host(seed), _host(offset)
+    _agree(mesh, seed, offset)
+    if per_matrix % 4 and math.prod(batch) > 1 and any(type(p_) is Shard for p_ in placements):
+        raise TypeError(f"scaled_dot_product_attention on sharded DTensors needs L * S divisible by 4 (each "
+                        f"matrix starting on a Philox block), got L={length}, S={s_len}")
+    q, k, v = query.to_local(), key.to_local(), value.to_local()
+    local_batch, start = _torch.local_box(tuple(query.shape), mesh, placements)
+    local_batch, start = local_batch[:-2], start[:-2]
+    matrices = _global_index(batch, start, local_batch, q.device).reshape(-1).tolist()
+    qf, kf, vf = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+    outs, first = [], 0
+    for j in range(1, len(matrices) + 1):  # runs of consecutive matrices, one call each
+        if j == len(matrices) or matrices[j] != matrices[j - 1] + 1:
+            run = Stream(seed, offset + matrices[first] * per_matrix // 4)
+            outs.append(_sdpa(qf[first:j], kf[first:j], vf[first:j], None, p, is_causal, scale, False, run))
+            first = j
+    local = torch.cat(outs) if outs else vf.new_empty((0, length, v.shape[-1]))
+    local = local.reshape(*local_batch, length, v.shape[-1])
+    shape = (*batch, length, value.shape[-1])
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=torch.Size(shape),
+                              stride=_contiguous_strides(shape))
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))

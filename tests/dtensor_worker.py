@@ -1,0 +1,160 @@
+"""Run under torchrun by tests/test_dtensor.py: every supported member of the family on DTensors
+of each placement, compared bit for bit with the one-process call on the full tensor.
+
+Writes ``{case: "ok" | error text}`` (rank 0) to ``--out``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import Partial, Replicate, Shard, distribute_tensor, init_device_mesh
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dropkit  # noqa: E402
+import dropkit.functional as F  # noqa: E402
+from family_members import MEMBERS  # noqa: E402
+
+SUPPORTED = [
+    "functional.dropout", "functional.dropout[shared_dims]", "functional.dropout1d", "functional.dropout2d",
+    "functional.dropout3d", "functional.drop_path", "functional.locked_dropout",
+    "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "StochasticDepth", "LockedDropout",
+    "MCDropout", "functional.scaled_dot_product_attention",
+]
+REFUSED = sorted(set(MEMBERS) - set(SUPPORTED))
+
+
+def placements_for(mesh, ndim):
+    if mesh.ndim == 1:
+        return [(Replicate(),)] + [(Shard(d),) for d in range(ndim)]
+    return [(Shard(0), Shard(1)), (Replicate(), Shard(ndim - 1)), (Shard(0), Shard(0)),
+            (Shard(1), Replicate())]
+
+
+def compare(call, x, mesh, placements, seed=5):
+    want = x.clone().requires_grad_()
+    expected = call(want, seed)
+    weight = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
+    (expected * weight).sum().backward()
+    dx = distribute_tensor(x, mesh, list(placements)).requires_grad_()
+    try:
+        got, error = call(dx, seed), None
+    except Exception as exc:  # every rank must learn of it before the next collective
+        got, error = None, exc
+    failed = torch.tensor([error is not None], dtype=torch.int64)
+    dist.all_reduce(failed)
+    if int(failed):
+        return f"failed on {int(failed)} rank(s): {error!r}"
+    if tuple(got.placements) != tuple(placements):
+        return f"placements {got.placements} != {placements}"
+    full = got.full_tensor()
+    if not torch.equal(full, expected.detach()):
+        return "forward differs"
+    (full * weight).sum().backward()
+    if not torch.equal(dx.grad.full_tensor(), want.grad):
+        return "gradient differs"
+    return "ok"
+
+
+def partial_case(mesh, world):
+    """Partial: every rank applies the same mask to its partial value (p = 0.5: exact sums)."""
+    parts = [torch.randint(-8, 8, (6, 4)).float() for _ in range(world)]
+    full = torch.stack(parts).sum(0)
+    local = parts[dist.get_rank()]
+    from torch.distributed.tensor import DTensor
+
+    d = DTensor.from_local(local, mesh, [Partial()], run_check=False)
+    out = {}
+    for name, call in {"dropout": lambda t: F.dropout(t, 0.5, seed=9),
+                       "drop_path": lambda t: F.drop_path(t, 0.5, seed=9)}.items():
+        y = call(d)
+        ok = y.placements[0].is_partial() and torch.equal(y.full_tensor(), call(full))
+        out[f"Partial/{name}"] = "ok" if ok else "differs"
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    torch.manual_seed(0)
+    results = {}
+    meshes = [init_device_mesh("cpu", (world,))]
+    if world == 4:
+        meshes.append(init_device_mesh("cpu", (2, 2)))
+    for mesh in meshes:
+        tag = "x".join(map(str, mesh.shape))
+        for name in SUPPORTED:
+            call, shape = MEMBERS[name]
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+            for placements in placements_for(mesh, len(shape)):
+                if name == "functional.scaled_dot_product_attention" and (mesh.ndim > 1 or world > 2 or any(
+                        isinstance(p, Shard) and p.dim >= 2 for p in placements)):
+                    continue  # a 1-D mesh, even shards of batch and head dims only
+                key = f"{tag}/{name}/{placements}"
+                try:
+                    results[key] = compare(call, x, mesh, placements)
+                except Exception as exc:  # recorded, and reported by the test
+                    results[key] = f"{type(exc).__name__}: {exc}"
+        uneven = torch.randn(7, 5, generator=torch.Generator().manual_seed(4))
+        for placements in placements_for(mesh, 2):
+            results[f"{tag}/uneven/{placements}"] = compare(
+                lambda t, s: F.dropout(t, 0.3, seed=s, offset=64), uneven, mesh, placements)
+    mesh = meshes[0]
+    results.update(partial_case(mesh, world))
+    for name in REFUSED:
+        call, shape = MEMBERS[name]
+        d = distribute_tensor(torch.randn(shape), mesh, [Replicate()])
+        try:
+            call(d, 5)
+            results[f"refused/{name}"] = "not refused"
+        except (TypeError, RuntimeError) as exc:
+            results[f"refused/{name}"] = "ok" if "dtensor" in str(exc).lower() else f"unclear: {exc}"
+    try:
+        call, shape = MEMBERS["functional.scaled_dot_product_attention"]
+        call(distribute_tensor(torch.randn(shape), mesh, [Shard(2)]), 5)
+        results["refused/attention Shard(L)"] = "not refused"
+    except TypeError as exc:
+        results["refused/attention Shard(L)"] = "ok" if "batch and head dims" in str(exc) else str(exc)
+    # Ranks seeded differently: refused, never per-rank masks.
+    torch.manual_seed(dist.get_rank())
+    try:
+        dropkit.Dropout(0.3)(distribute_tensor(torch.ones(4, 4), mesh, [Replicate()]))
+        results["per-rank seeds"] = "not refused"
+    except RuntimeError as exc:
+        results["per-rank seeds"] = "ok" if "different stream positions" in str(exc) else str(exc)
+    # A seeded layer advances by the global count on every rank.
+    layer = dropkit.Dropout(0.3, seed=2)
+    layer(distribute_tensor(torch.ones(10, 4), mesh, [Shard(0)]))
+    results["global advance"] = "ok" if layer.stream_state()["offset"] == 10 else str(layer.stream_state())
+    # seed_streams / seed_model: the replicated seed is the same on the TP mesh and works;
+    # a layer given the sharded seed holds another position on each rank, and is refused.
+    from dropkit.distributed import seed_model, seed_streams
+
+    streams = seed_streams(7, tensor_parallel_group=mesh.get_group())
+    model = torch.nn.Sequential(dropkit.Dropout(0.3), dropkit.Dropout(0.3))
+    seeds = seed_model(model, streams)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(8))
+    y = model(distribute_tensor(x, mesh, [Shard(1)])).full_tensor()
+    expected = F.dropout(F.dropout(x, 0.3, seed=seeds["0"]), 0.3, seed=seeds["1"])
+    results["seed_model replicated"] = "ok" if torch.equal(y, expected) else f"differs {seeds}"
+    seed_model(model, streams, sharded=["1"])
+    try:
+        model(distribute_tensor(x, mesh, [Shard(1)]))
+        results["seed_model sharded"] = "not refused"
+    except RuntimeError as exc:
+        results["seed_model sharded"] = "ok" if "different stream positions" in str(exc) else str(exc)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, results)
+    if dist.get_rank() == 0:
+        merged = {k: v for r, res in enumerate(gathered) for k, v in res.items() if v != "ok" or r == 0}
+        torch.save(merged, args.out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
