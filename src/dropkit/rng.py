@@ -505,6 +505,10 @@ class TensorStream:
         start = self.offset.clone() if self.lock is not None else _position_copy(self.offset)
         self.offset.add_((words + 3) >> 2)
         self.words += words
+        if self.lock is None:
+            # Compiled code only unpacks the pair, and torch 2.5's dynamo cannot build a tuple
+            # subclass: a plain pair there.
+            return (self.seed, start)  # type: ignore[return-value]
         return tuple.__new__(Position, (self.seed, start))
 
 

@@ -21,7 +21,7 @@ import torch
 from dropkit import _torch
 from dropkit.backends import reference
 from dropkit.backends.contract import HOST, Backend
-from dropkit.rng import Position, refuse_tracing  # noqa: F401 (ops' name for it)
+from dropkit.rng import Position, refuse_tracing, seed_to_signed  # noqa: F401 (ops' name for refuse_tracing)
 
 MASK_STORAGES = ("bits", "seed", "bool")
 
@@ -173,9 +173,16 @@ def position(backend: Backend, seed: int | torch.Tensor, offset: int | torch.Ten
     return Position(seed, offset).on(device)
 
 
-def as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> Position:
-    """The position as tensors, as the custom ops that torch.compile sees take it."""
-    return Position(seed, offset).on(None)
+def as_tensors(seed: int | torch.Tensor, offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The position as 0-dim int64 tensors, as the custom ops that torch.compile sees take it.
+
+    A plain pair, not a :class:`Position`: compiled code only unpacks it, and torch 2.5's
+    dynamo cannot build a tuple subclass."""
+    if type(seed) is int:
+        seed = torch.tensor(seed_to_signed(seed), dtype=torch.int64)
+    if type(offset) is int:
+        offset = torch.tensor(seed_to_signed(offset), dtype=torch.int64)
+    return seed, offset
 
 
 _functorch_active = _torch.functorch_active
