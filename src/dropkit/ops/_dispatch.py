@@ -117,6 +117,8 @@ def backend_of(x: torch.Tensor, kernel: str) -> Backend:
         >>> backend_of(torch.ones(2), "dropout_forward").name in ("cpu", "reference")
         True
     """
+    if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter and _torch.tensor_kind(x) == "fake":
+        return REFERENCE  # no memory to read (a backward under FakeTensorMode): torch ops give shapes
     # route's body written out: this is the per-call path of every op.
     key = (kernel, x.device.type, x.dtype, getattr(_forced, "name", None))
     backend = _routes.get(key)
