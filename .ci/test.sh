@@ -40,7 +40,8 @@ run_stage() {
     shift
     start=$(date +%s)
     stamp "$name: started"
-    "$@" >"$LOGS/$name.log" 2>&1
+    # A stage that hangs (a crashed test worker that never reports) is stopped after 30 minutes.
+    timeout -k 30 1800 "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
     SECONDS_TAKEN[$name]=$(( $(date +%s) - start ))
     RESULT[$name]=$rc
