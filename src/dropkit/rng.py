@@ -505,7 +505,7 @@ class TensorStream:
         start = self.offset.clone() if self.lock is not None else _position_copy(self.offset)
         self.offset.add_((words + 3) >> 2)
         self.words += words
-        if self.lock is None:
+        if self.lock is None and torch.compiler.is_compiling():
             # Compiled code only unpacks the pair, and torch 2.5's dynamo cannot build a tuple
             # subclass: a plain pair there.
             return (self.seed, start)  # type: ignore[return-value]
