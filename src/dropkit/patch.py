@@ -563,16 +563,7 @@ def _tensor_device(model: nn.Module) -> torch.device | None:
 class _CallableModule(types.ModuleType):
     """This module's type: calling ``dropkit.patch(...)`` calls :func:`patch`."""
 
-    def __call__(
-        self,
-        model: nn.Module,
-        *,
-        include: ModuleFilter | None = None,
-        exclude: ModuleFilter | None = None,
-        seed: int | None = None,
-        mask_storage: str | None = None,
-    ) -> PatchReport:
-        return patch(model, include=include, exclude=exclude, seed=seed, mask_storage=mask_storage)
+    __call__ = staticmethod(patch)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -44,6 +44,10 @@ from dropkit.rng import (
 
 __all__ = ["RateModule", "StreamModule"]
 
+# timm's name for a layer's rate: reading or setting ``drop_prob`` is reading or setting ``p``.
+DROP_PROB = property(lambda self: self.p, lambda self, value: setattr(self, "p", value),
+                     doc="timm's name for :attr:`p` (reading or setting one is reading or setting the other)")
+
 _top_hooks, _graph_task_id, _tracing_state = _torch.top_hooks, _torch.graph_task_id, _torch.tracing_state
 
 # Concurrent eager calls of one seeded module must never share an offset.

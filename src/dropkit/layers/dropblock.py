@@ -11,7 +11,7 @@ from dropkit.functional._checks import check_floating
 from dropkit.functional._noise import check_positive_ints
 from dropkit.functional.dropblock import apply_drop_block
 from dropkit.functional.droppath import one_rate
-from dropkit.layers._base import RateModule
+from dropkit.layers._base import DROP_PROB, RateModule
 
 __all__ = ["DropBlock2d", "DropBlock3d"]
 
@@ -84,14 +84,7 @@ class _DropBlock(RateModule):
         self.eps = _check_eps(eps)
         self.gamma_scale = _check_gamma_scale(gamma_scale)
 
-    @property
-    def drop_prob(self) -> float:
-        """timm's name for :attr:`p`."""
-        return self.p
-
-    @drop_prob.setter
-    def drop_prob(self, value: float) -> None:
-        self.p = value
+    drop_prob = DROP_PROB
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_floating(input)

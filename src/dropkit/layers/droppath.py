@@ -6,7 +6,7 @@ import torch
 
 from dropkit.functional._checks import check_floating, check_p
 from dropkit.functional.droppath import apply_drop_path, check_drop_path_mode, one_rate
-from dropkit.layers._base import StreamModule
+from dropkit.layers._base import DROP_PROB, StreamModule
 
 __all__ = ["DropPath", "StochasticDepth"]
 
@@ -62,14 +62,7 @@ class DropPath(StreamModule):
 
     _checked_attributes = {"p": check_p, "mode": check_drop_path_mode}
 
-    @property
-    def drop_prob(self) -> float:
-        """timm's name for :attr:`p` (reading or setting one is reading or setting the other)."""
-        return self.p
-
-    @drop_prob.setter
-    def drop_prob(self, value: float) -> None:
-        self.p = value
+    drop_prob = DROP_PROB
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
