@@ -7,6 +7,18 @@ import torch
 from dropkit import rng
 
 
+def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
+    """``a`` and ``b`` hold the same bits (NaNs at the same places), dtype and shape."""
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
+    if a.is_floating_point():
+        nan = a.isnan()
+        assert torch.equal(nan, b.isnan())
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.contiguous().view(view)[~nan], b.contiguous().view(view)[~nan]
+    differ = (a != b).sum().item()
+    assert differ == 0, f"{differ} of {a.numel()} elements differ"
+
+
 def scalar_words(seed, offset, n):
     """The first n stream words computed with the scalar Philox of Random123 (no tensor kernels)."""
     key = (seed & 0xFFFFFFFF, seed >> 32)

@@ -4,7 +4,8 @@ tensor kinds (tests/test_tensor_kinds.py) and of DTensor inputs (tests/test_dten
 Each entry maps a name to ``(call, shape)``: ``call(x, seed)`` runs the member in training on the
 floating-point tensor ``x`` of shape ``shape`` with a fixed seed; layers are built inside the
 call with ``torch.manual_seed(0)`` first, so that any weights they hold are the same in every
-process and every call.
+process and every call. Weights and index tensors are made on the CPU and follow a CUDA input
+(tests/test_cuda.py), so both devices see the same ones.
 """
 
 import torch
@@ -14,10 +15,15 @@ import dropkit
 import dropkit.functional as F
 
 
+def _follow(obj, x):
+    """``obj`` (a module or a tensor made on the CPU) on ``x``'s device when that is CUDA."""
+    return obj.to(x.device) if x.device.type == "cuda" else obj
+
+
 def _layer(factory):
     def call(x, seed):
         torch.manual_seed(0)
-        return factory(seed)(x)
+        return _follow(factory(seed), x)(x)
 
     return call
 
@@ -28,7 +34,7 @@ def _attention(x, seed):
 
 def _mha(x, seed):
     torch.manual_seed(0)
-    m = dropkit.MultiheadAttention(4, 2, dropout=0.3, batch_first=True, seed=seed)
+    m = _follow(dropkit.MultiheadAttention(4, 2, dropout=0.3, batch_first=True, seed=seed), x)
     return m(x, x, x, need_weights=False)[0]
 
 
@@ -38,16 +44,16 @@ def _fused(x, seed):
 
 
 def _concrete(x, seed):
-    return F.concrete_dropout(x, torch.tensor(-1.0), seed=seed)
+    return F.concrete_dropout(x, _follow(torch.tensor(-1.0), x), seed=seed)
 
 
 def _embedding_dropout(x, seed):
-    return F.embedding_dropout(torch.tensor([[0, 2], [1, 3]]), x, 0.3, seed=seed)
+    return F.embedding_dropout(_follow(torch.tensor([[0, 2], [1, 3]]), x), x, 0.3, seed=seed)
 
 
 def _drop_connect(x, seed):
     torch.manual_seed(0)
-    linear = nn.Linear(x.shape[-1], 3)
+    linear = _follow(nn.Linear(x.shape[-1], 3), x)
     return F.drop_connect(linear, (x,), 0.3, seed=seed)
 
 
@@ -55,7 +61,7 @@ def _mc_dropout(x, seed):
     from dropkit.uncertainty import mc_dropout
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Identity(), dropkit.Dropout(0.3, seed=seed))
+    model = _follow(nn.Sequential(nn.Identity(), dropkit.Dropout(0.3, seed=seed)), x)
     model.eval()
     with mc_dropout(model):
         return model(x)

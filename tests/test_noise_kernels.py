@@ -19,6 +19,7 @@ from dropkit import ops
 from dropkit.backends import _shared, cpu
 from dropkit.backends import reference as ref
 from dropkit.rng import philox_words
+from family_helpers import assert_identical
 
 DOCS = (Path(__file__).resolve().parents[1] / "docs" / "rng.md").read_text()
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -26,18 +27,6 @@ STREAMS = [(0, 0), (2**64 - 1, 2**64 - 3), (12345, 2**32 - 1)]
 # Sizes around the kernels' units: a pair, a 64-element chunk, a 2048-element tile, a thread share.
 SIZES = [1, 2, 3, 63, 64, 65, 2047, 2049, 70001]
 native = pytest.mark.skipif(cpu.load_error() is not None, reason=f"no native kernel: {cpu.load_error()}")
-
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Equal bit for bit; NaNs only need to be NaN in both (torch's CPU loops differ in payload)."""
-    assert a.dtype == b.dtype and a.shape == b.shape
-    nan = a.isnan()
-    assert torch.equal(nan, b.isnan())
-    assert torch.equal(bits_of(a)[~nan], bits_of(b)[~nan])
 
 
 # ---- accuracy of the transform ----

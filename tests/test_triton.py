@@ -26,6 +26,7 @@ from dropkit.functional import dropout, dropout_add_norm, dropout_mask  # noqa: 
 from dropkit.functional.dropout import inverted_scale  # noqa: E402
 from dropkit.ops import use_backend  # noqa: E402
 from dropkit.rng import keep_threshold  # noqa: E402
+from family_helpers import assert_identical  # noqa: E402
 
 # NaN and inf inputs make the interpreter's numpy multiply warn; the kernels then drop or keep them.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -46,22 +47,6 @@ PS = [0.0, 0.1, 0.5, 1.0]
 # One full program (4 * BLOCK elements) plus a ragged tail that fills neither a block nor a byte.
 RAGGED = 4 * tb.BLOCK + 13
 STREAMS = [(0, 0), (2**64 - 1, 2**32 - 1), (12345, 2**32 - 2)]
-
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits of a float tensor (so that +0.0 and -0.0 differ)."""
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
-    """Equal bit for bit, except that NaNs only need to be NaN in both (torch's own CPU kernels
-    write different NaN payloads in their vectorized and scalar loops)."""
-    assert a.dtype == b.dtype and a.shape == b.shape
-    if a.is_floating_point():
-        nan = a.isnan()
-        assert torch.equal(nan, b.isnan())
-        a, b = bits_of(a)[~nan], bits_of(b)[~nan]
-    assert torch.equal(a, b)
 
 
 @in_process

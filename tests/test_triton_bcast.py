@@ -21,6 +21,7 @@ from dropkit.backends import reference as ref  # noqa: E402
 from dropkit.functional.alpha import alpha_affine  # noqa: E402
 from dropkit.functional.dropblock import dropblock_gamma  # noqa: E402
 from dropkit.rng import keep_threshold  # noqa: E402
+from family_helpers import assert_identical  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 in_process = pytest.mark.skipif(TRITON_IMPORTED_FIRST, reason="triton was imported before the interpreter "
@@ -37,16 +38,6 @@ def test_suite_in_subprocess():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-
-
-def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    if a.is_floating_point():
-        nan = a.isnan()
-        assert torch.equal(nan, b.isnan())
-        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        a, b = a.contiguous().view(view)[~nan], b.contiguous().view(view)[~nan]
-    assert torch.equal(a, b)
 
 
 def make_input(shape, dtype, seed=0):

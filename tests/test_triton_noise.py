@@ -19,6 +19,7 @@ if importlib.util.find_spec("triton") is None:
 import dropkit.backends.triton as tb  # noqa: E402
 from dropkit.backends import reference as ref  # noqa: E402
 from dropkit.backends import triton_noise  # noqa: E402
+from family_helpers import assert_identical  # noqa: E402
 
 in_process = pytest.mark.skipif(TRITON_IMPORTED_FIRST, reason="triton was imported before the interpreter "
                                 "flag was set; test_suite_in_subprocess runs these tests")
@@ -36,17 +37,6 @@ def test_suite_in_subprocess():
 # One full program (4 * BLOCK elements) plus a ragged tail; a single pair; an odd count.
 SIZES = [1, 7, 4 * triton_noise.BLOCK + 13]
 STREAMS = [(0, 0), (2**64 - 1, 2**64 - 3), (12345, 2**32 - 1)]
-
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    nan = a.isnan()
-    assert torch.equal(nan, b.isnan())
-    assert torch.equal(bits_of(a)[~nan], bits_of(b)[~nan])
 
 
 @in_process

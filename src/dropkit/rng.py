@@ -329,7 +329,8 @@ class Position(tuple):
 
     def on(self, device: torch.device | str | None) -> Position:
         """This position as 0-dim int64 tensors: ints become tensors on ``device`` (None: the
-        CPU), copied without blocking; tensors are kept as they are (wherever they live)."""
+        CPU), filled on the device without waiting for it; tensors are kept as they are (wherever
+        they live)."""
         seed, offset = self
         if type(seed) is int:
             seed = _tensor_on(seed, device)
@@ -342,8 +343,9 @@ class Position(tuple):
 
 
 def _tensor_on(value: int, device: torch.device | str | None) -> torch.Tensor:
-    tensor = torch.tensor(seed_to_signed(value), dtype=torch.int64)
-    return tensor if device is None else tensor.to(device, non_blocking=True)
+    # A fill with the value as the kernel's argument: a copy from host memory would wait for the
+    # device's queue to drain (cudaMemcpyAsync from pageable memory synchronizes its stream).
+    return torch.full((), seed_to_signed(value), dtype=torch.int64, device=device)
 
 
 class StreamProtocol(Protocol):

@@ -64,9 +64,6 @@ def check_triton_version(version: str) -> None:
             'pip install "dropkit[gpu]"'
         )
 
-_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype dropout's product is computed in: float64 for float64, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -142,9 +139,20 @@ def dropblock_applied_scale(scale: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(scale, dtype=torch.float32).to(dtype))
 
 
+def bit_weights(device: torch.device) -> torch.Tensor:
+    """``(1, 2, 4, ..., 128)`` as uint8 on ``device``, computed there: a copy from the host would
+    wait for a CUDA device's queue to drain.
+
+    Example:
+        >>> bit_weights(torch.device("cpu")).tolist()
+        [1, 2, 4, 8, 16, 32, 64, 128]
+    """
+    return (2 ** torch.arange(8, dtype=torch.int32, device=device)).to(torch.uint8)
+
+
 def unpack_mask(bits: torch.Tensor, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_mask`: the first ``numel`` bits as a flat bool tensor."""
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    weights = bit_weights(bits.device)
     return ((bits.view(-1, 1) & weights) != 0).reshape(-1)[:numel]
 
 

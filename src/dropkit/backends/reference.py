@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from dropkit.backends._shared import (
+    bit_weights,
     blocks_kept,
     box_muller,
     check_mask_shape,
@@ -48,7 +49,6 @@ __all__ = [
     "dropblock_backward",
 ]
 
-_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def keep_mask(
@@ -65,13 +65,13 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     n = mask.numel()
     padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
     padded[:n] = mask.reshape(-1)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    weights = bit_weights(mask.device)
     return (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
 
 
 def _apply(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     opmath = opmath_dtype(x.dtype)
-    s = torch.tensor(scale, dtype=opmath, device=x.device)
+    s = torch.full((), scale, dtype=opmath, device=x.device)
     kept = x.reshape(-1).to(opmath) * s
     y = torch.where(mask, kept, torch.zeros((), dtype=opmath, device=x.device))
     return y.to(x.dtype).reshape(x.shape)
@@ -160,7 +160,7 @@ def gaussian_apply(x: torch.Tensor, seed: int, offset: int, c: float, additive: 
     """
     dt = opmath_dtype(x.dtype)
     z = normal(x.numel(), seed, offset, dt, x.device).view(x.shape)
-    cz = torch.tensor(c, dtype=dt, device=x.device) * z
+    cz = torch.full((), c, dtype=dt, device=x.device) * z
     xc = x.to(dt)
     y = xc + cz if additive else xc * (1.0 + cz)
     return y.to(x.dtype)
@@ -200,7 +200,7 @@ def _mask_from(
 
 def _scale_zero(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     opmath = opmath_dtype(x.dtype)
-    s = torch.tensor(scale, dtype=opmath, device=x.device)
+    s = torch.full((), scale, dtype=opmath, device=x.device)
     y = torch.where(mask, x.to(opmath) * s, torch.zeros((), dtype=opmath, device=x.device))
     return y.to(x.dtype)
 
@@ -241,7 +241,7 @@ def alpha_forward(
     ms = check_mask_shape(x.shape, mask_shape)
     mask = bcast_keep_mask(ms, seed, offset, threshold, x.device)
     dt = opmath_dtype(x.dtype)
-    a_t, b_t, fill_t = (torch.tensor(v, dtype=dt, device=x.device) for v in (a, b, fill))
+    a_t, b_t, fill_t = (torch.full((), v, dtype=dt, device=x.device) for v in (a, b, fill))
     y = torch.where(mask, x.to(dt) * a_t + b_t, fill_t).to(x.dtype)
     return y, _saved_of(mask, storage)
 

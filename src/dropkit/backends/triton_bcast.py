@@ -14,6 +14,7 @@ the kernels run on CPU tensors, which is how the tests check them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -22,7 +23,6 @@ import triton
 import triton.language as tl
 
 from dropkit.backends import _shared
-from dropkit.backends import triton as tb
 
 __all__ = [
     "bcast_dropout_forward",
@@ -85,6 +85,13 @@ def _nest(x: torch.Tensor, y: torch.Tensor, mask_shape: tuple[int, ...]) -> list
     return [(1, 0, 0, 0)] * (_NEST - len(merged)) + merged
 
 
+@functools.lru_cache(maxsize=64)
+def _params_tensor(params: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The apply kernel's parameters on the device, made once: a copy from the host at every call
+    would wait for the device (and could not be recorded in a CUDA graph)."""
+    return torch.tensor(params, dtype=dtype, device=device)
+
+
 def _apply(
     op: int, x: torch.Tensor, bits: torch.Tensor, mask_shape: tuple[int, ...], params: Sequence[float]
 ) -> torch.Tensor:
@@ -92,15 +99,14 @@ def _apply(
     n = x.numel()
     if n == 0:
         return y
+    p = _params_tensor(tuple(float(v) for v in params), _shared.opmath_dtype(x.dtype), x.device)
     nest = _nest(x, y, mask_shape)
     if len(nest) > _NEST:  # more than four dims that do not merge: the same formulas in torch
         mask = _shared.unpack_mask(bits, math.prod(mask_shape)).view(mask_shape)
-        dt = _shared.opmath_dtype(x.dtype)
-        first, *rest = (torch.tensor(v, dtype=dt, device=x.device) for v in params)
+        x = x.to(p.dtype)
         if op == _OP_SCALE:
-            return y.copy_(torch.where(mask, x.to(dt) * first, torch.zeros((), dtype=dt, device=x.device)))
-        return y.copy_(torch.where(mask, x.to(dt) * first + rest[0], rest[1]))
-    p = torch.tensor(list(params), dtype=_shared.opmath_dtype(x.dtype), device=x.device)
+            return y.copy_(torch.where(mask, x * p[0], torch.zeros((), dtype=p.dtype, device=x.device)))
+        return y.copy_(torch.where(mask, x * p[0] + p[1], p[2]))
     sizes, xs, ys, ms = zip(*nest, strict=True)
     _bcast_apply_kernel[(triton.cdiv(n, APPLY_BLOCK),)](
         x, y, bits, p, n, *sizes, *xs, *ys, *ms, OP=op, BLOCK=APPLY_BLOCK, num_warps=4, enable_fp_fusion=False
@@ -217,3 +223,8 @@ def dropblock_backward(
     else:
         bits = saved.reshape(-1)
     return _apply(_OP_SCALE, grad, bits, ms, (_shared.dropblock_applied_scale(scale, grad.dtype),))
+
+
+# Imported last: dropkit.backends.triton imports this module's kernels when it builds its
+# BACKEND, so either module can be imported first. The jit kernels read ``tb`` when they compile.
+from dropkit.backends import triton as tb  # noqa: E402

@@ -26,7 +26,6 @@ from dropkit.backends._shared import (
     SQRT2,
     opmath_dtype,
 )
-from dropkit.backends.triton import counters, downcast, load_position, philox_block, scale_tensor, upcast
 from dropkit.rng import Position
 
 __all__ = ["normal", "gaussian_apply"]
@@ -171,3 +170,7 @@ def gaussian_apply(
             OPMATH=_TL[dt], BLOCK=BLOCK, NL=_NL, NS=_NS, NC=_NC, num_warps=4, enable_fp_fusion=False,
         )
     return y
+
+
+# Imported last, for the reason given at the end of triton_bcast.py.
+from dropkit.backends.triton import counters, downcast, load_position, philox_block, scale_tensor, upcast  # noqa: E402
