@@ -148,12 +148,69 @@ def main():
         results["seed_model sharded"] = "not refused"
     except RuntimeError as exc:
         results["seed_model sharded"] = "ok" if "different stream positions" in str(exc) else str(exc)
+    results.update(global_batch_cases(mesh))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         merged = {k: v for r, res in enumerate(gathered) for k, v in res.items() if v != "ok" or r == 0}
         torch.save(merged, args.out)
     dist.destroy_process_group()
+
+
+def global_batch_cases(mesh) -> dict:
+    """dropkit.distributed.global_batch: each rank's rows of the batch get their rows of the
+    one-process mask, for plain tensors and for DTensors on the rest of a 2-D mesh."""
+    from dropkit.distributed import global_batch
+
+    results = {}
+    world, rank = dist.get_world_size(), dist.get_rank()
+    x = torch.randn(2 * world, 3, 6, generator=torch.Generator().manual_seed(9))
+    rows = x.chunk(world)[rank]
+    for name in ("functional.dropout", "functional.dropout[shared_dims]", "functional.dropout1d",
+                 "functional.drop_path", "Dropout", "DropPath"):
+        call = MEMBERS[name][0]
+        whole = x.clone().requires_grad_()
+        expected = call(whole, 5)
+        expected.sum().backward()
+        local = rows.clone().requires_grad_()
+        with global_batch(mesh, 0):
+            got = call(local, 5)
+        ok = type(got) is torch.Tensor and torch.equal(got, expected.detach().chunk(world)[rank])
+        got.sum().backward()
+        ok = ok and torch.equal(local.grad, whole.grad.chunk(world)[rank])
+        results[f"global_batch/{name}"] = "ok" if ok else "differs"
+    if world == 4:  # FSDP x TP: 2 data-parallel ranks, each a DTensor over a 2-rank TP mesh
+        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        dp_rank = mesh2.get_local_rank("dp")
+        for placement in (Replicate(), Shard(2)):
+            local = distribute_tensor(x.chunk(2)[dp_rank], mesh2["tp"], [placement])
+            with global_batch(mesh2, "dp"):
+                got = F.dropout(local, 0.3, seed=5)
+            want = F.dropout(x, 0.3, seed=5).chunk(2)[dp_rank]
+            ok = got.placements == (placement,) and torch.equal(got.full_tensor(), want)
+            results[f"global_batch/2-D {placement}"] = "ok" if ok else "differs"
+    refusals = {
+        "alpha dropout": lambda: F.alpha_dropout(rows, 0.3, seed=1),
+        "nested": lambda: global_batch(mesh, 0).__enter__(),
+        "unequal batches": lambda: F.dropout(x[: rank + 1], 0.3, seed=1),
+        "mesh dim name": lambda: global_batch(mesh, "dp").__enter__(),
+    }
+    expected_errors = {
+        "alpha dropout": (TypeError, "global-batch"), "nested": (RuntimeError, "nest"),
+        "unequal batches": (ValueError, "same batch size"), "mesh dim name": (ValueError, "dp"),
+    }
+    for name, fn in refusals.items():
+        kind, words = expected_errors[name]
+        try:
+            if name == "mesh dim name":
+                fn()
+            else:
+                with global_batch(mesh, 0):
+                    fn()
+            results[f"global_batch/refused {name}"] = "not refused"
+        except kind as exc:
+            results[f"global_batch/refused {name}"] = "ok" if words in str(exc) else repr(exc)
+    return results
 
 
 if __name__ == "__main__":

@@ -39,3 +39,43 @@ def test_dtensor_masks_are_slices_of_the_one_process_mask(tmp_path, nproc):
     assert len(results) > 40
     failed = {k: v for k, v in results.items() if v != "ok"}
     assert not failed, failed
+
+
+def run_example(nproc: int, *args: str) -> list[tuple[str, str, float]]:
+    """examples/dtensor_tp.py on ``nproc`` processes: (step, masks, loss) of each printed step."""
+    example = str(ROOT.parent / "examples" / "dtensor_tp.py")
+    for _ in range(3):
+        port = str(free_port())
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if nproc == 1:
+            env.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            cmd = [sys.executable, example, *args]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_addr", "127.0.0.1", "--master_port", port, example, *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        text = (done.stdout + done.stderr).lower()
+        if done.returncode == 0 or not any(sign in text for sign in _PORT_TROUBLE):
+            break
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = []
+    for line in done.stdout.splitlines():
+        if line.startswith("step="):
+            step, hidden, out, loss = (field.split("=")[1] for field in line.split())
+            rows.append((step, f"{hidden} {out}", float(loss)))
+    return rows
+
+
+def test_fsdp2_x_tp_recipe_draws_the_one_process_masks_and_resumes_on_another_mesh(tmp_path):
+    one = run_example(1)
+    assert [r[0] for r in one] == ["0", "1", "2"]
+    runs = {
+        "FSDP2 x TP, 2 x 2, steps 0-1, saved": (run_example(4, "--dp", "2", "--steps", "2", "--save",
+                                                            str(tmp_path / "ck")), one[:2]),
+        "TP 2, step 2, resumed from the 2 x 2 checkpoint": (run_example(2, "--steps", "1", "--load",
+                                                                        str(tmp_path / "ck")), one[2:]),
+        "FSDP2 alone, 2 ranks": (run_example(2, "--dp", "2"), one),
+    }
+    for name, (got, want) in runs.items():
+        assert [r[:2] for r in got] == [r[:2] for r in want], name  # every mask, exactly
+        assert [r[2] for r in got] == pytest.approx([r[2] for r in want], abs=2e-6), name

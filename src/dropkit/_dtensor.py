@@ -27,7 +27,11 @@ from dropkit import _torch
 from dropkit.backends._shared import opmath_dtype
 from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed
 
-__all__ = ["is_dtensor", "apply_dropout", "words_at"]
+__all__ = ["is_dtensor", "apply_dropout", "words_at", "global_batch_mesh"]
+
+# (mesh, data-parallel mesh dim, batch dim) while dropkit.distributed.global_batch is active, else
+# None: read by dropkit.functional.dropout on every call and by the ops' input guard.
+global_batch_mesh: tuple | None = None
 
 
 def is_dtensor(x: torch.Tensor) -> bool:
@@ -130,15 +134,81 @@ class _LocalDropout(torch.autograd.Function):
         return _LocalDropout.apply(grad, keep, ctx.scale), None, None
 
 
+def _lift(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as this rank's shard of the global batch: a DTensor on the whole mesh of
+    :func:`dropkit.distributed.global_batch`, ``Shard(batch_dim)`` on its data-parallel dim."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    mesh, dp, batch_dim = global_batch_mesh
+    if is_dtensor(x):
+        if x.device_mesh == mesh:
+            return x
+        rest = [i for i in range(mesh.ndim) if i != dp]
+        if len(rest) != x.device_mesh.ndim or any(
+                mesh.mesh_dim_names is None or x.device_mesh.mesh_dim_names is None
+                or x.device_mesh.mesh_dim_names[j] != mesh.mesh_dim_names[i] for j, i in enumerate(rest)):
+            raise TypeError(
+                f"inside dropkit.distributed.global_batch a DTensor must live on the mesh {mesh} or on "
+                f"its sub-mesh without the data-parallel dim, got {x.device_mesh}")
+        placements = list(x.placements)
+        local = x.to_local()
+    else:
+        placements = [Replicate()] * (mesh.ndim - 1)
+        local = x
+    if x.dim() <= batch_dim:
+        raise ValueError(f"global_batch's batch dim {batch_dim} is out of range for a {x.dim()}-dim tensor")
+    if any(type(p) is Shard and p.dim == batch_dim for p in placements):
+        raise TypeError(f"inside dropkit.distributed.global_batch the batch dim {batch_dim} must not be "
+                        f"sharded again, got placements {tuple(placements)}")
+    placements.insert(dp, Shard(batch_dim))
+    rows = x.shape[batch_dim]
+    sizes = torch.tensor([rows, -rows], dtype=torch.int64, device=mesh.device_type)
+    dist.all_reduce(sizes, dist.ReduceOp.MAX, group=mesh.get_group(dp))
+    largest, smallest = int(sizes[0]), -int(sizes[1])
+    if largest != rows or smallest != rows:
+        raise ValueError(f"global_batch needs the same batch size on every data-parallel rank; this rank "
+                         f"has {rows}, the others range from {smallest} to {largest}")
+    shape = list(x.shape)
+    shape[batch_dim] = rows * mesh.size(dp)
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=torch.Size(shape),
+                              stride=_contiguous_strides(tuple(shape)))
+
+
+def _lower(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_lift`: ``y``'s local block in the form ``like`` had."""
+    from torch.distributed.tensor import DTensor
+
+    if not is_dtensor(like):
+        return y.to_local()
+    if y.device_mesh == like.device_mesh:
+        return y
+    return DTensor.from_local(y.to_local(), like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
+
+
 def apply_dropout(
     x: torch.Tensor, threshold: int, scale: float, dims: tuple[int, ...], stream: object, inplace: bool
 ) -> torch.Tensor:
     """:func:`dropkit.functional.dropout.apply_dropout` for a DTensor ``x``: the mask over
-    ``x``'s global shape with ``dims`` shared, each rank applying its own block of it.
+    ``x``'s global shape with ``dims`` shared, each rank applying its own block of it. Inside
+    :func:`dropkit.distributed.global_batch`, ``x`` (a DTensor or a plain tensor) is first taken
+    as this rank's shard of the global batch.
 
     Shape:
         x: any global shape; output: a DTensor of the same shape, mesh and placements.
     """
+    if global_batch_mesh is not None:
+        lifted = _lift(x)
+        if lifted is not x:
+            y = _lower(_apply_dtensor(lifted, threshold, scale, dims, stream, False), x)
+            return x.copy_(y) if inplace else y
+    return _apply_dtensor(x, threshold, scale, dims, stream, inplace)
+
+
+def _apply_dtensor(
+    x: torch.Tensor, threshold: int, scale: float, dims: tuple[int, ...], stream: object, inplace: bool
+) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     if torch.compiler.is_compiling():

@@ -20,7 +20,8 @@ function of (seed, offset), so the same split is a choice of seed:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from dropkit import _torch
 from dropkit.layers._base import StreamModule
 from dropkit.rng import check_seed, derive_seed, seed_to_signed
 
-__all__ = ["SeedStreams", "seed_streams", "seed_model"]
+__all__ = ["SeedStreams", "seed_streams", "seed_model", "global_batch"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +200,61 @@ def _set_stream(module: StreamModule, seed: int) -> None:
     module.register_buffer("seed", torch.tensor(seed_to_signed(seed), dtype=torch.int64, device=device))
     module.register_buffer("offset", torch.zeros((), dtype=torch.int64, device=device))
     module._own = None
+
+
+@contextlib.contextmanager
+def global_batch(mesh: object, mesh_dim: int | str = 0, batch_dim: int = 0) -> Iterator[None]:
+    r"""Inside, dropout draws the masks one process would draw on the whole batch of a
+    data-parallel run, so the masks do not depend on the data-parallel degree.
+
+    Data parallelism (DDP, FSDP2's ``fully_shard``, the data dim of FSDP x TP) splits a global
+    batch of ``D * b`` rows over the ``D`` ranks of the data-parallel dim ``mesh_dim`` of
+    ``mesh``: rank ``r`` holds rows ``r * b .. (r + 1) * b - 1`` (its shard in rank order).
+    Inside this context every dropout that dropkit runs takes its input as that shard: a plain
+    tensor as ``Shard(batch_dim)`` over the data-parallel dim (and replicated over the others),
+    a DTensor on the rest of the mesh (tensor parallelism) with ``Shard(batch_dim)`` added, and
+    applies its block of the mask of the global tensor:
+
+    .. math:: y_r = \text{dropout}(\text{cat}(x_0, \ldots, x_{D-1}), p)[r b : (r + 1) b].
+
+    Every rank advances its streams by the global mask size, so all ranks must hold the same
+    seeds (the opposite of :func:`seed_streams`, whose per-rank seeds give per-rank masks); the
+    ranks check that they agree, and that their batch sizes are equal, at each call (one
+    all-reduce each). Dropout, ``shared_dims``, Dropout1d/2d/3d, DropPath/StochasticDepth and
+    locked dropout run inside; the other members raise a TypeError rather than draw a per-rank
+    mask. Eager mode only; the context is process-wide (not per thread).
+
+    Args:
+        mesh: a ``DeviceMesh`` (1-D for DDP/FSDP, 2-D for FSDP x TP).
+        mesh_dim: the data-parallel dim of ``mesh``, by index or name.
+        batch_dim: the batch dim of the activations.
+
+    Shape:
+        Any: each rank's tensors keep their local shape; the mask is drawn over the global one.
+
+    Example (under torchrun; examples/dtensor_tp.py trains with it)::
+
+        mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp", "tp"))
+        with dropkit.distributed.global_batch(mesh, "dp"):
+            loss = model(local_batch).mean()
+    """
+    from dropkit import _dtensor
+
+    if mesh.__class__.__name__ != "DeviceMesh":
+        raise TypeError(f"global_batch needs a torch.distributed DeviceMesh, got {type(mesh).__name__}")
+    names = mesh.mesh_dim_names or ()
+    if isinstance(mesh_dim, str):
+        if mesh_dim not in names:
+            raise ValueError(f"mesh_dim {mesh_dim!r} is not a dim of the mesh (its dims: {names})")
+        mesh_dim = names.index(mesh_dim)
+    if not isinstance(mesh_dim, int) or not 0 <= mesh_dim < mesh.ndim:
+        raise ValueError(f"mesh_dim must name one of the mesh's {mesh.ndim} dims, got {mesh_dim!r}")
+    if not isinstance(batch_dim, int) or isinstance(batch_dim, bool) or batch_dim < 0:
+        raise ValueError(f"batch_dim must be an int >= 0, got {batch_dim!r}")
+    if _dtensor.global_batch_mesh is not None:
+        raise RuntimeError("dropkit.distributed.global_batch is already active; it does not nest")
+    _dtensor.global_batch_mesh = (mesh, mesh_dim, batch_dim)
+    try:
+        yield
+    finally:
+        _dtensor.global_batch_mesh = None

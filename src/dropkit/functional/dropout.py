@@ -103,8 +103,8 @@ def apply_dropout(
     the (normalized) shared dims, ``threshold`` is ``round(p * 2**32)``. It reserves exactly
     the mask's words, ``prod(mask_shape(input.shape, dims))``.
     """
-    if type(input) is not torch.Tensor and is_dtensor(input):  # each rank: its block of the mask
-        return _dtensor.apply_dropout(input, threshold, scale, dims, stream, inplace)
+    if (type(input) is not torch.Tensor and is_dtensor(input)) or _dtensor.global_batch_mesh is not None:
+        return _dtensor.apply_dropout(input, threshold, scale, dims, stream, inplace)  # its block of the mask
     if dims:
         shape, numel = _reduced(input.shape, dims)
         if numel != input.numel():

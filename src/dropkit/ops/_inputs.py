@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dropkit import _torch
+from dropkit import _dtensor, _torch
 
 __all__ = ["plain", "faking", "shape_only"]
 
@@ -52,7 +52,8 @@ def plain(x: torch.Tensor, op: str, refuse: bool = True) -> bool:
         (True, False)
     """
     if (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and x.layout is _STRIDED \
-            and not (x.is_quantized or x.is_nested or x.is_meta) and not _torch.functorch_active():
+            and not (x.is_quantized or x.is_nested or x.is_meta) and not _torch.functorch_active() \
+            and _dtensor.global_batch_mesh is None:
         return True
     return _sort(x, op, refuse)
 
@@ -68,6 +69,12 @@ def faking(device: torch.device) -> bool:
 
 
 def _sort(x: torch.Tensor, op: str, refuse: bool) -> bool:
+    if _dtensor.global_batch_mesh is not None and refuse:
+        raise TypeError(
+            f"dropkit's {op} does not draw global-batch masks: inside dropkit.distributed.global_batch "
+            "only dropout and the shared-mask dropouts (Dropout1d/2d/3d, DropPath, locked dropout) "
+            "run; call this one outside the context (per-rank masks) or on the gathered batch"
+        )
     if torch.compiler.is_compiling():
         return True  # the op's custom ops and their fake kernels take it from here
     kind = _torch.tensor_kind(x)
