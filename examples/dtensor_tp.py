@@ -39,7 +39,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 import dropkit
 from dropkit.distributed import global_batch
 
-try:  # torch >= 2.6; torch 2.5 keeps it under _composable
+try:  # torch >= 2.6; torch 2.5 keeps it under _composable (and runs it on CUDA only)
     from torch.distributed.fsdp import fully_shard
 except ImportError:  # pragma: no cover
     from torch.distributed._composable.fsdp import fully_shard
@@ -87,6 +87,8 @@ def main() -> None:
     if world % args.dp or BATCH % args.dp:
         raise SystemExit(f"--dp {args.dp} must divide the world size {world} and the batch {BATCH}")
     dp, tp = args.dp, world // args.dp
+    if dp > 1 and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 6):
+        raise SystemExit(f"fully_shard (FSDP2) runs on CPU from torch 2.6 on, not {torch.__version__}")
     mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp", "tp"))
     torch.manual_seed(0)
     block = Block(WIDTH, HIDDEN, 0.25)
@@ -95,7 +97,8 @@ def main() -> None:
             "w1": ColwiseParallel(use_local_output=False),
             "w2": RowwiseParallel(use_local_output=False),
         })
-        fully_shard(block, mesh=mesh["dp"])
+        if dp > 1:
+            fully_shard(block, mesh=mesh["dp"])
     optimizer = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
     first = 0
     if args.load:
