@@ -268,10 +268,11 @@ def test_dropblock_everything_dropped_and_nothing_dropped():
 
 
 
-@pytest.mark.parametrize("row", [3, 9, 65])
+@pytest.mark.parametrize("row", [3, 9, 65, 1024, 1025])
 def test_bcast_rows_under_one_mask_bit(isa, threads, row):
     # Innermost rows shorter than a mask byte or word, the mask varying along them or not, rows
-    # starting inside a mask byte; at 2 threads the split falls inside a row.
+    # starting inside a mask byte; at 2 threads the split falls inside a row. Rows of up to 1024
+    # elements with one bit each are run several to a 2048-element tile; 1025 is one past that.
     small = (3, 11, row)
     for i, ms in enumerate(mask_shapes(small)):
         for j, (_, x) in enumerate(itertools.islice(layouts(small, torch.float32, seed=i), 4)):

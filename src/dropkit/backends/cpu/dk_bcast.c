@@ -57,9 +57,33 @@ static inline uint64_t bits64_at(const uint8_t *bits, uint64_t nbits, uint64_t p
     return v;
 }
 
-/* Columns [j0, j1) of one row of the innermost dim; the row starts at element offsets xo, yo of
- * x and y and at mask bit mo. */
-static void run_segment(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t j0, uint64_t j1) {
+/* The tile's mask words of columns [t, t + m) of a row whose mask starts at bit mo with stride sm:
+ * one bit repeated (sm == 0), a bit-shifted copy of the packed mask (sm == 1) or gathered bit by
+ * bit. */
+static void tile_masks(const bc_job *J, uint64_t *masks, int64_t mo, int64_t sm, uint64_t t, size_t m) {
+    size_t nch = (m + DK_CHUNK - 1) / DK_CHUNK;
+    if (sm == 0) {
+        memset(masks, bit_at(J->bits, (uint64_t)mo) ? 0xFF : 0, nch * sizeof(uint64_t));
+    } else if (sm == 1) {
+        for (size_t k = 0; k < nch; k++) masks[k] = bits64_at(J->bits, J->nbits, (uint64_t)mo + t + 64 * k);
+    } else {
+        memset(masks, 0, nch * sizeof(uint64_t));
+        for (size_t i = 0; i < m; i++)
+            masks[i >> 6] |= (uint64_t)bit_at(J->bits, (uint64_t)(mo + (int64_t)(t + i) * sm)) << (i & 63);
+    }
+}
+
+static inline void apply_tile(const bc_job *J, const char *x, char *y, const uint64_t *masks, size_t m) {
+    if (J->op == DK_OP_SCALE)
+        J->ops->apply[J->dtype](x, y, masks, m, J->scale);
+    else
+        J->ops->alpha[J->dtype](x, y, masks, m, J->a, J->b, J->c);
+}
+
+/* run_segment for a row that x or y holds with a stride: each tile gathered to and scattered
+ * from buffers. Kept apart so that the contiguous path's stack frame stays small (a frame of
+ * tens of KiB is probed page by page on every call where stack-clash protection is on). */
+static void run_segment_strided(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t j0, uint64_t j1) {
     const int last = J->nd - 1;
     const int64_t sx = J->xs[last], sy = J->ys[last], sm = J->ms[last];
     const size_t esz = J->esz;
@@ -67,35 +91,114 @@ static void run_segment(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uin
     _Alignas(64) char xt[DK_TILE * 8];
     _Alignas(64) char yt[DK_TILE * 8];
     for (uint64_t t = j0; t < j1; t += DK_TILE) {
-        size_t m = (size_t)(j1 - t < DK_TILE ? j1 - t : DK_TILE), nch = (m + DK_CHUNK - 1) / DK_CHUNK;
+        size_t m = (size_t)(j1 - t < DK_TILE ? j1 - t : DK_TILE);
         const char *xp = J->x + (xo + (int64_t)t * sx) * (int64_t)esz;
         char *yp = J->y + (yo + (int64_t)t * sy) * (int64_t)esz;
-        if (sm == 0) {
-            unsigned keep = bit_at(J->bits, (uint64_t)mo);
-            if (!keep && J->op == DK_OP_SCALE && sy == 1) {
-                memset(yp, 0, m * esz); /* +0.0 in every dtype */
-                continue;
-            }
-            memset(masks, keep ? 0xFF : 0, nch * sizeof(uint64_t));
-        } else if (sm == 1) {
-            for (size_t k = 0; k < nch; k++) masks[k] = bits64_at(J->bits, J->nbits, (uint64_t)mo + t + 64 * k);
-        } else {
-            memset(masks, 0, nch * sizeof(uint64_t));
-            for (size_t i = 0; i < m; i++)
-                masks[i >> 6] |= (uint64_t)bit_at(J->bits, (uint64_t)(mo + (int64_t)(t + i) * sm)) << (i & 63);
-        }
+        tile_masks(J, masks, mo, sm, t, m);
         const char *xin = xp;
         char *yout = sy == 1 ? yp : yt;
         if (sx != 1) {
             for (size_t i = 0; i < m; i++) memcpy(xt + i * esz, xp + (int64_t)i * sx * (int64_t)esz, esz);
             xin = xt;
         }
-        if (J->op == DK_OP_SCALE)
-            J->ops->apply[J->dtype](xin, yout, masks, m, J->scale);
-        else
-            J->ops->alpha[J->dtype](xin, yout, masks, m, J->a, J->b, J->c);
+        apply_tile(J, xin, yout, masks, m);
         if (sy != 1)
             for (size_t i = 0; i < m; i++) memcpy(yp + (int64_t)i * sy * (int64_t)esz, yt + i * esz, esz);
+    }
+}
+
+/* Columns [j0, j1) of one row of the innermost dim; the row starts at element offsets xo, yo of
+ * x and y and at mask bit mo. A contiguous run is read and written in place. */
+static void run_segment(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t j0, uint64_t j1) {
+    const int last = J->nd - 1;
+    const int64_t sm = J->ms[last];
+    if (J->xs[last] != 1 || J->ys[last] != 1) {
+        run_segment_strided(J, xo, yo, mo, j0, j1);
+        return;
+    }
+    const size_t esz = J->esz;
+    uint64_t masks[DK_TILE / DK_CHUNK];
+    for (uint64_t t = j0; t < j1; t += DK_TILE) {
+        size_t m = (size_t)(j1 - t < DK_TILE ? j1 - t : DK_TILE);
+        const char *xp = J->x + (xo + (int64_t)t) * (int64_t)esz;
+        char *yp = J->y + (yo + (int64_t)t) * (int64_t)esz;
+        if (sm == 0 && J->op == DK_OP_SCALE && !bit_at(J->bits, (uint64_t)mo)) {
+            memset(yp, 0, m * esz); /* +0.0 in every dtype */
+            continue;
+        }
+        tile_masks(J, masks, mo, sm, t, m);
+        apply_tile(J, xp, yp, masks, m);
+    }
+}
+
+/* Whether rows of the innermost dim share one mask bit each (mask stride 0 along the row) and
+ * lie end to end in x and y, short enough that several fit in a tile: Dropout1d's rows of L,
+ * Dropout2d's planes of H * W, DropPath's samples. Such rows are run a tile of rows at a time. */
+static int constant_rows(const bc_job *J) {
+    if (J->nd < 2) return 0;
+    const int last = J->nd - 1;
+    const int64_t len = J->size[last];
+    return J->xs[last] == 1 && J->ys[last] == 1 && J->ms[last] == 0 && J->xs[last - 1] == len &&
+           J->ys[last - 1] == len && len <= DK_TILE / 2;
+}
+
+/* nrows whole rows from element offsets xo, yo, row r's keep bit at mask bit mo + r * ms[last - 1]:
+ * each tile of DK_TILE / len rows is one apply call, its mask words set row by row. */
+static void run_constant_rows(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, uint64_t nrows) {
+    const int last = J->nd - 1;
+    const uint64_t len = (uint64_t)J->size[last], per_tile = DK_TILE / len;
+    const int64_t step = J->ms[last - 1];
+    const size_t esz = J->esz;
+    if (len >= DK_CHUNK) { /* long rows: runs of kept rows scaled, runs of dropped rows zeroed */
+        static const uint64_t ones[DK_TILE / DK_CHUNK] = {
+            ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0),
+            ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0),
+            ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0),
+            ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0),
+            ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0), ~UINT64_C(0)};
+        static const uint64_t zeros[DK_TILE / DK_CHUNK];
+        uint64_t r = 0;
+        while (r < nrows) {
+            const unsigned keep = bit_at(J->bits, (uint64_t)(mo + (int64_t)r * step));
+            uint64_t end = r + 1;
+            while (end < nrows && bit_at(J->bits, (uint64_t)(mo + (int64_t)end * step)) == keep) end++;
+            const char *xp = J->x + (xo + (int64_t)(r * len)) * (int64_t)esz;
+            char *yp = J->y + (yo + (int64_t)(r * len)) * (int64_t)esz;
+            const uint64_t n = (end - r) * len;
+            if (!keep && J->op == DK_OP_SCALE) {
+                memset(yp, 0, (size_t)n * esz); /* +0.0 in every dtype */
+            } else {
+                for (uint64_t t = 0; t < n; t += DK_TILE) {
+                    const size_t m = (size_t)(n - t < DK_TILE ? n - t : DK_TILE);
+                    apply_tile(J, xp + (int64_t)t * (int64_t)esz, yp + (int64_t)t * (int64_t)esz, keep ? ones : zeros, m);
+                }
+            }
+            r = end;
+        }
+        return;
+    }
+    /* Short rows: a tile's mask words built row by row, each row's run of len < 64 ones landing in
+     * one word or across two; the rows' keep bits read 64 at a time when they are consecutive. */
+    const uint64_t run = (UINT64_C(1) << len) - 1;
+    uint64_t masks[DK_TILE / DK_CHUNK + 1];
+    for (uint64_t r = 0; r < nrows; r += per_tile) {
+        uint64_t rows = nrows - r < per_tile ? nrows - r : per_tile;
+        size_t m = (size_t)(rows * len);
+        memset(masks, 0, ((m + 63) / 64 + 1) * sizeof(uint64_t));
+        uint64_t keep = 0;
+        for (uint64_t i = 0; i < rows; i++) {
+            if (step == 1) {
+                if ((i & 63) == 0) keep = bits64_at(J->bits, J->nbits, (uint64_t)mo + r + i);
+                if (!((keep >> (i & 63)) & 1u)) continue;
+            } else if (!bit_at(J->bits, (uint64_t)(mo + (int64_t)(r + i) * step))) {
+                continue;
+            }
+            const uint64_t at = i * len, b = at & 63;
+            masks[at >> 6] |= run << b;
+            if (b + len > 64) masks[(at >> 6) + 1] |= run >> (64 - b);
+        }
+        const int64_t at = (int64_t)(r * len) * (int64_t)esz;
+        apply_tile(J, J->x + xo * (int64_t)esz + at, J->y + yo * (int64_t)esz + at, masks, m);
     }
 }
 
@@ -130,10 +233,7 @@ static void run_periodic(const bc_job *J, int64_t xo, int64_t yo, int64_t mo, ui
         size_t m = (size_t)((nrows - r < per_tile ? nrows - r : per_tile) * len);
         const char *xp = J->x + (xo + (int64_t)(r * len)) * (int64_t)esz;
         char *yp = J->y + (yo + (int64_t)(r * len)) * (int64_t)esz;
-        if (J->op == DK_OP_SCALE)
-            J->ops->apply[J->dtype](xp, yp, masks, m, J->scale);
-        else
-            J->ops->alpha[J->dtype](xp, yp, masks, m, J->a, J->b, J->c);
+        apply_tile(J, xp, yp, masks, m);
     }
 }
 
@@ -149,7 +249,7 @@ static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
         row /= (uint64_t)J->size[d];
     }
     uint64_t pos = lo;
-    const int periodic = periodic_rows(J);
+    const int periodic = periodic_rows(J), constant = constant_rows(J);
     while (pos < hi) {
         int64_t xo = 0, yo = 0, mo = 0;
         for (int d = 0; d < last; d++) {
@@ -157,10 +257,13 @@ static void run_range(const bc_job *J, uint64_t lo, uint64_t hi) {
             yo += idx[d] * J->ys[d];
             mo += idx[d] * J->ms[d];
         }
-        if (periodic && j == 0 && hi - pos >= 2 * len) { /* whole rows, up to the end of dim last - 1 */
+        if ((periodic || constant) && j == 0 && hi - pos >= 2 * len) { /* whole rows, to the end of dim last - 1 */
             uint64_t rows = (uint64_t)(J->size[last - 1] - idx[last - 1]), fit = (hi - pos) / len;
             if (rows > fit) rows = fit;
-            run_periodic(J, xo, yo, mo, rows);
+            if (periodic)
+                run_periodic(J, xo, yo, mo, rows);
+            else
+                run_constant_rows(J, xo, yo, mo, rows);
             pos += rows * len;
             idx[last - 1] += (int64_t)rows - 1; /* the last of them; the carry below moves past it */
         } else {
