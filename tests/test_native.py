@@ -193,3 +193,50 @@ def test_bench_rows_and_saved_bytes():
         assert r["vs_clone"] == pytest.approx(r["ms"] / ms["clone"])
     with pytest.raises(ValueError, match="float8"):
         bench.run(sizes=[8], dtypes=["float8"], out=lambda s: None)
+
+
+# --- the CPython entry points (py_entry.c) against the ctypes functions ------------------------------
+
+
+def test_entry_points_are_loaded_and_match_ctypes(monkeypatch):
+    from dropkit.backends.cpu import _native
+
+    assert _native.fast is not None, "the build has no CPython entry points"
+    x = torch.randn(3, 5, 67)
+    strided = x.transpose(1, 2)
+    saved_bool = cpu.dropout_forward(x, 7, 1, 2**30, 2.0, "bool")[1]
+    saved_bits = cpu.bcast_dropout_forward(x, (3, 1, 67), 4, 0, 2**31, 2.0, "bits")[1]
+    calls = [
+        lambda: cpu.dropout_forward(x, 2**64 - 1, 2**32 - 3, 2**31, 1.25, "bits"),
+        lambda: (cpu.dropout_backward(x, saved_bool, 7, 1, 2**30, 2.0, "bool"),),
+        lambda: cpu.bcast_dropout_forward(x, (3, 5, 1), 9, 2**40, 2**31, 2.0, "bits"),
+        lambda: cpu.bcast_dropout_forward(strided, (3, 1, 5), 9, 0, 2**31, 2.0, "seed"),
+        lambda: (cpu.bcast_dropout_backward(x, saved_bits, (3, 1, 67), 4, 0, 2**31, 2.0, "bits"),),
+        lambda: cpu.alpha_forward(x, (3, 5, 1), 3, 0, 2**31, 1.5, 0.25, -0.75, "bits"),
+    ]
+    fast = [call() for call in calls]
+    monkeypatch.setattr(_native, "fast", None)
+    slow = [call() for call in calls]
+    for got, want in zip(fast, slow, strict=True):
+        for u, v in zip(got, want, strict=True):
+            assert torch.equal(u.contiguous().view(torch.uint8), v.contiguous().view(torch.uint8))
+
+
+def test_entry_points_refuse_bad_arguments_with_python_errors():
+    from dropkit.backends.cpu import _native
+
+    fast = _native.fast
+    args = [_native.isa, 1, None, None, None, None, None, None, 0, 0, 0, 1.0, 0, 1]
+    assert fast.run(*args) == 0  # nothing to do
+    with pytest.raises(TypeError, match="run takes 14 arguments, got 13"):
+        fast.run(*args[:-1])
+    with pytest.raises(OverflowError):
+        fast.run(*args[:8], -1, *args[9:])  # a negative seed
+    with pytest.raises(OverflowError):
+        fast.run(*args[:8], 2**64, *args[9:])
+    with pytest.raises(TypeError):
+        fast.run(*args[:11], "1.0", *args[12:])
+    with pytest.raises(OverflowError, match="does not fit a C int"):
+        fast.run(*args[:13], 2**40)
+    with pytest.raises(TypeError, match="bcast_draw_apply takes 21 arguments"):
+        fast.bcast_draw_apply(1, 2)

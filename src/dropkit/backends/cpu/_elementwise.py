@@ -136,8 +136,9 @@ def dropout_forward(
         lib = _native.lib
         if lib is None:
             unavailable()
-        code = lib.dk_run(_native.isa, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits,
-                          bools, seed, offset, threshold, scale, n, torch.get_num_threads())
+        call = _native.fast.run if _native.fast is not None else lib.dk_run
+        code = call(_native.isa, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), None, None, bits,
+                    bools, seed, offset, threshold, scale, n, torch.get_num_threads())
         if code:
             check(code)
     return y, saved
@@ -169,8 +170,9 @@ def dropout_backward(
             unavailable()
         bits = saved.data_ptr() if storage == "bits" else None
         bools = saved.data_ptr() if storage == "bool" else None
-        code = lib.dk_run(_native.isa, DTYPE_CODES[grad.dtype], grad.data_ptr(), out.data_ptr(), bits, bools,
-                          None, None, seed, offset, threshold, scale, n, torch.get_num_threads())
+        call = _native.fast.run if _native.fast is not None else lib.dk_run
+        code = call(_native.isa, DTYPE_CODES[grad.dtype], grad.data_ptr(), out.data_ptr(), bits, bools,
+                    None, None, seed, offset, threshold, scale, n, torch.get_num_threads())
         if code:
             check(code)
     return out

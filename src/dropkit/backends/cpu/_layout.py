@@ -59,6 +59,18 @@ def plan(
     return (len(nest), *(array(*(t[k] for t in nest)) for k in range(4)))
 
 
+@functools.lru_cache(maxsize=1024)
+def plan_addresses(
+    shape: tuple[int, ...], x_strides: tuple[int, ...], y_strides: tuple[int, ...],
+    mask_shape: tuple[int, ...],
+) -> tuple:
+    """``(arguments, arrays)``: :func:`plan`'s arguments with the arrays as their addresses, for
+    the CPython entry points (``_native.fast``), and the arrays themselves, which this cache
+    entry keeps alive for as long as it hands out their addresses."""
+    nest = plan(shape, x_strides, y_strides, mask_shape)
+    return (nest[0], *(ctypes.addressof(a) for a in nest[1:])), nest
+
+
 def supports_layout(x: torch.Tensor, mask_shape: tuple[int, ...]) -> bool:
     """Whether the broadcast kernels take ``x`` as it is (at most 8 dims that are not 1).
 

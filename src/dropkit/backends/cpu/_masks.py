@@ -12,7 +12,7 @@ import torch
 
 from dropkit.backends.cpu import _native
 from dropkit.backends.cpu._elementwise import dropout_backward, dropout_forward, pack_mask
-from dropkit.backends.cpu._layout import checked_layout, plan
+from dropkit.backends.cpu._layout import checked_layout, plan, plan_addresses
 from dropkit.backends.cpu._native import DTYPE_CODES, check, new_saved, run
 
 __all__ = [
@@ -35,8 +35,11 @@ def bcast_apply(
     scale: float, a: float = 0.0, b: float = 0.0, c: float = 0.0,
 ) -> None:
     """Write op of ``x`` into ``y`` with the packed mask ``bits`` over ``mask_shape`` (broadcast)."""
-    nest = plan(x.shape, x.stride(), y.stride(), mask_shape)
-    code = _native.lib.dk_bcast_apply(
+    if _native.fast is not None:
+        call, nest = _native.fast.bcast_apply, plan_addresses(x.shape, x.stride(), y.stride(), mask_shape)[0]
+    else:
+        call, nest = _native.lib.dk_bcast_apply, plan(x.shape, x.stride(), y.stride(), mask_shape)
+    code = call(
         _native.isa, op, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), bits.data_ptr(),
         math.prod(mask_shape), *nest, scale, a, b, c, torch.get_num_threads(),
     )
@@ -77,8 +80,12 @@ def _draw_apply(
     and bools where given, else kept nowhere); an empty x draws nothing."""
     y = torch.empty_like(x)
     if x.numel():
-        nest = plan(x.shape, x.stride(), y.stride(), mask_shape)
-        code = _native.lib.dk_bcast_draw_apply(
+        if _native.fast is not None:
+            call = _native.fast.bcast_draw_apply
+            nest = plan_addresses(x.shape, x.stride(), y.stride(), mask_shape)[0]
+        else:
+            call, nest = _native.lib.dk_bcast_draw_apply, plan(x.shape, x.stride(), y.stride(), mask_shape)
+        code = call(
             _native.isa, op, DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(),
             None if bits is None else bits.data_ptr(), None if bools is None else bools.data_ptr(),
             seed, offset, threshold, math.prod(mask_shape), *nest, scale, a, b, c, torch.get_num_threads(),

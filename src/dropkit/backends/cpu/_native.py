@@ -1,7 +1,11 @@
 """The native library: loading it, choosing its SIMD path, and what every call of it shares.
 
 ``_dropkit_cpu`` (the ``dk_*.c`` files beside this one, built by setup.py) is loaded with
-ctypes when this module is imported; :func:`load_error` says why it could not be. The SIMD
+ctypes when this module is imported; :func:`load_error` says why it could not be. The same file
+is also a CPython module (py_entry.c) whose ``run``, ``bcast_apply`` and ``bcast_draw_apply``
+take the arguments of ``dk_run``, ``dk_bcast_apply`` and ``dk_bcast_draw_apply`` as Python ints
+and floats, without ctypes' per-argument conversion: :data:`fast` is that module (None where the
+build has no entry points, and the ctypes functions serve instead). The SIMD
 path is chosen at run time (AVX-512, AVX2, NEON or portable C); ``DROPKIT_CPU_ISA`` =
 ``scalar`` | ``avx2`` | ``avx512`` | ``neon`` (read at import) or :func:`set_isa` forces one.
 Every call passes ``torch.get_num_threads()`` and runs with the GIL released (ctypes releases
@@ -15,9 +19,11 @@ and size what a call saves for backward with :func:`new_saved`.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.machinery
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import torch
@@ -100,14 +106,27 @@ def available_isas() -> list[str]:
     return [name for name, code in ISAS.items() if lib.dk_isa_available(code)]
 
 
+def _entry_points() -> ModuleType | None:
+    """The CPython module of the same library (py_entry.c), or None (the ctypes functions then
+    serve every call; a build from an older source tree has no entry points)."""
+    try:
+        module = importlib.import_module(f"{__package__}._dropkit_cpu")
+    except ImportError:
+        return None
+    return module if all(hasattr(module, f) for f in ("run", "bcast_apply", "bcast_draw_apply")) else None
+
+
 lib, _error = _open()
 isa = 0
+fast: ModuleType | None = None
 if lib is not None:
     # Read once: a lookup in os.environ per call would cost more than a small kernel call.
     try:
         isa = _resolve_isa(os.environ.get("DROPKIT_CPU_ISA"))
     except ValueError as exc:
         lib, _error = None, str(exc)
+    else:
+        fast = None if os.environ.get("DROPKIT_CPU_CTYPES") == "1" else _entry_points()
 
 
 def unavailable() -> NoReturn:
@@ -155,8 +174,9 @@ def run(dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, thresho
     first given), written to ``bits_out``/``bool_out`` and applied to ``x`` where given."""
     if lib is None:
         unavailable()
-    check(lib.dk_run(isa, dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, threshold, scale,
-                     n, torch.get_num_threads()))
+    call = fast.run if fast is not None else lib.dk_run
+    check(call(isa, dtype, x, y, bits_in, bool_in, bits_out, bool_out, seed, offset, threshold, scale,
+               n, torch.get_num_threads()))
 
 
 # What "seed" storage saves: nothing. One shared empty tensor (it is never written).
