@@ -5,6 +5,7 @@ is the one a single process draws on the whole batch, whatever the mesh (CPU, gl
     python -m torch.distributed.run --nproc_per_node 2 examples/dtensor_tp.py       # TP = 2
     python -m torch.distributed.run --nproc_per_node 4 examples/dtensor_tp.py       # TP = 4
     python -m torch.distributed.run --nproc_per_node 4 examples/dtensor_tp.py --dp 2  # FSDP 2 x TP 2
+    python -m torch.distributed.run --nproc_per_node 4 examples/dtensor_tp.py --dp 2 --sp  # and SP
 
 The block ``x + Dropout(W2 Dropout(GELU(W1 LayerNorm(x))))`` is split with
 ``parallelize_module`` over the mesh's "tp" dim: W1 by columns (its output, the hidden
@@ -33,8 +34,13 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor, init_device_mesh
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor, init_device_mesh
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 import dropkit
 from dropkit.distributed import global_batch
@@ -58,8 +64,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.hidden_dropout(nn.functional.gelu(self.w1(self.norm(x))))
-        out = self.out_dropout(self.w2(h))  # a replicated DTensor: the whole output on each rank
-        return x + (out.to_local() if isinstance(out, DTensor) else out)
+        out = self.out_dropout(self.w2(h))  # replicated over TP (sharded over tokens with --sp)
+        if isinstance(out, DTensor) and not isinstance(x, DTensor):
+            out = out.to_local()
+        return x + out
 
 
 def checksum(mask: torch.Tensor) -> int:
@@ -79,6 +87,8 @@ def main() -> None:
     parser.add_argument("--dp", type=int, default=1, help="data-parallel (FSDP2) degree; TP = world / dp")
     parser.add_argument("--save", default=None, help="write a distributed checkpoint here after the steps")
     parser.add_argument("--load", default=None, help="resume from the distributed checkpoint here")
+    parser.add_argument("--sp", action="store_true", help="sequence parallel: LayerNorm, residual and the "
+                        "output dropout on token shards")
     args = parser.parse_args()
     if "RANK" not in os.environ:  # one process: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
@@ -93,10 +103,14 @@ def main() -> None:
     torch.manual_seed(0)
     block = Block(WIDTH, HIDDEN, 0.25)
     if world > 1:
-        parallelize_module(block, mesh["tp"], {
-            "w1": ColwiseParallel(use_local_output=False),
-            "w2": RowwiseParallel(use_local_output=False),
-        })
+        if args.sp:  # activations outside the MLP sharded over tokens (dim 1), uneven shards too
+            plan = {"norm": SequenceParallel(),
+                    "w1": ColwiseParallel(input_layouts=Shard(1), use_local_output=False),
+                    "w2": RowwiseParallel(output_layouts=Shard(1), use_local_output=False)}
+        else:
+            plan = {"w1": ColwiseParallel(use_local_output=False),
+                    "w2": RowwiseParallel(use_local_output=False)}
+        parallelize_module(block, mesh["tp"], plan)
         if dp > 1:
             fully_shard(block, mesh=mesh["dp"])
     optimizer = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
@@ -124,8 +138,12 @@ def main() -> None:
     block.out_dropout.register_forward_hook(record("out"))
     for step in range(first, first + args.steps):
         x = batch(step).chunk(dp)[dp_rank]
+        if args.sp and world > 1:
+            x = distribute_tensor(x, mesh["tp"], [Shard(1)])
         with global_batch(mesh, "dp") if world > 1 else contextlib.nullcontext():
             y = block(x)
+        if isinstance(y, DTensor):
+            y = y.full_tensor()
         loss = (y ** 2).mean()  # this rank's rows; FSDP averages the gradients over dp
         optimizer.zero_grad()
         loss.backward()

@@ -76,9 +76,11 @@ def test_fsdp2_x_tp_recipe_draws_the_one_process_masks_and_resumes_on_another_me
     runs = {
         "FSDP2 x TP, 2 x 2, steps 0-1, saved": (run_example(4, "--dp", "2", "--steps", "2", "--save",
                                                             str(tmp_path / "ck")), one[:2]),
-        "TP 2, step 2, resumed from the 2 x 2 checkpoint": (run_example(2, "--steps", "1", "--load",
-                                                                        str(tmp_path / "ck")), one[2:]),
+        "TP 2 + sequence parallel, step 2, resumed from the 2 x 2 checkpoint": (
+            run_example(2, "--sp", "--steps", "1", "--load", str(tmp_path / "ck")), one[2:]),
         "FSDP2 alone, 2 ranks": (run_example(2, "--dp", "2"), one),
+        "FSDP2 x TP 2 x 2 + sequence parallel": (
+            run_example(4, "--dp", "2", "--sp", "--steps", "1"), one[:1]),
     }
     for name, (got, want) in runs.items():
         assert [r[:2] for r in got] == [r[:2] for r in want], name  # every mask, exactly
