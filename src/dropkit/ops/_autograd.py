@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from dropkit.ops._dispatch import as_tensors, compiling
+from dropkit import _torch
+from dropkit.ops._dispatch import _functorch_active, as_tensors, compiling
 
 __all__ = ["run", "SelfAdjoint", "adjoint", "saves"]
 
@@ -78,5 +79,10 @@ def adjoint(grad: torch.Tensor, fn: Callable, saved: torch.Tensor | None, args: 
         [2.0, 2.0, 2.0]
     """
     if torch.is_grad_enabled():
-        return SelfAdjoint.apply(grad, fn, saved, args)
+        if _functorch_active():
+            return SelfAdjoint.apply(grad, fn, saved, args)
+        return _self_adjoint_apply(grad, fn, saved, args)  # the C entry: no Python argument binding
     return fn(grad, saved, *args)
+
+
+_self_adjoint_apply = _torch.function_apply(SelfAdjoint)
