@@ -8,7 +8,10 @@ Prints, with the device name:
     layer_norm) and vs ``torch.compile`` of the same three ops, forward and forward+backward;
   * bytes saved for backward per element, counted with torch.autograd.graph.saved_tensors_hooks;
   * attention with dropout (16 x 16 heads x 1024 x 1024, head dim 64, bf16/fp16, full and causal):
-    dropkit's Triton flash kernel vs torch's SDPA with the same dropout_p, fwd and fwd+bwd.
+    dropkit's Triton flash kernel vs torch's SDPA with the same dropout_p, fwd and fwd+bwd;
+  * where an eager dropout call's time goes (fp32 and bf16, 2^24 elements): host time per call,
+    device time per call inside a CUDA graph, dropkit and torch; the JSON also keeps the 15
+    functions with the most own time in a cProfile of 200 dropkit calls.
 
 Before the table it runs the GPU test subset: tests/test_cuda.py (every member of the family
 and every kernel path on the device, bit for bit against the reference backend on the CPU; no
@@ -147,6 +150,60 @@ def dropout_rows(n: int, dtype: torch.dtype, compile_too: bool = False) -> list[
     return rows
 
 
+def host_rows(n: int, dtype: torch.dtype) -> tuple[list[tuple[str, str]], list[str]]:
+    """Where an eager call's time goes: host time per call (200 calls queued without waiting),
+    the device time per call of 20 calls recorded in one CUDA graph (no host work), for dropkit
+    (seed and offset already on the device) and torch; and the 15 functions with the most own
+    time in a cProfile of 200 dropkit calls."""
+    import cProfile
+    import io
+    import pstats
+
+    x = torch.randn(n, device=DEVICE, dtype=dtype)
+    seed, offset = torch.tensor(SEED, device=DEVICE), torch.tensor(0, device=DEVICE)
+    cases = {"dropkit": lambda: dropkit.dropout(x, P, seed=seed, offset=offset),
+             "torch": lambda: F.dropout(x, P)}
+    name = f"2^{n.bit_length() - 1} {str(dtype).removeprefix('torch.')}"
+    rows = []
+    for label, fn in cases.items():
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            fn()
+        host = (time.perf_counter() - start) / 200 * 1e3
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(20):
+                fn()
+        graph.replay()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(10):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        rows.append((f"{name} fwd {label}: host / graph", f"{host:8.4f} ms host per call, "
+                     f"{begin.elapsed_time(end) / 200:8.4f} ms device per call in a graph"))
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(200):
+        cases["dropkit"]()
+    profile.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(15)
+    return rows, text.getvalue().splitlines()
+
+
 def fused_rows(m: int, c: int, compile_too: bool) -> list[tuple[str, str]]:
     dtype = torch.bfloat16
     x = torch.randn(m, c, device=DEVICE, dtype=dtype, requires_grad=True)
@@ -237,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in (torch.bfloat16, torch.float32):
             rows += dropout_rows(n, dtype, compile_too=not args.quick and n == sizes[0])
             torch.cuda.empty_cache()
+    profiles = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        try:
+            host, profiles[str(dtype)] = host_rows(2**24, dtype)
+        except Exception as exc:  # a probe that fails must not cost the rest of the table
+            host = [(f"host probe {dtype}", f"failed: {exc!r}")]
+        rows += host
     rows += fused_rows(8192, 4096, compile_too=not args.quick)
     for dtype in (torch.bfloat16, torch.float16):
         for causal in (False, True):
@@ -249,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "triton": triton.__version__, "tests": tests, "rows": dict(rows),
-                  "seconds": time.perf_counter() - start}
+                  "host_profiles": profiles, "seconds": time.perf_counter() - start}
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0 if tests is None or tests["returncode"] == 0 else 1
 
