@@ -80,6 +80,7 @@ def main() -> None:
             params = {k: v.detach().clone() for k, v in model.state_dict().items()}
             results = {"params": params, "losses": losses, "first_step": seen, "streams": asdict(streams)}
             torch.save(results, args.out)
+    dist.barrier()  # every rank done with its groups before any tears them down
     dist.destroy_process_group()
 
 

@@ -157,6 +157,7 @@ def main() -> None:
         model_sd, optim_sd = get_state_dict(block, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(first + args.steps)},
                  checkpoint_id=args.save)
+    dist.barrier()  # every rank done with its groups before any tears them down
     dist.destroy_process_group()
 
 

@@ -69,6 +69,7 @@ def main() -> None:
         print(f"replicated output identical on all {world} ranks: {same}")
         if args.out:
             torch.save(gathered, args.out)
+    dist.barrier()  # every rank done with its groups before any tears them down
     dist.destroy_process_group()
 
 

@@ -84,8 +84,8 @@ def main():
     torch.manual_seed(0)
     results = {}
     meshes = [init_device_mesh("cpu", (world,))]
-    if world == 4:
-        meshes.append(init_device_mesh("cpu", (2, 2)))
+    if world == 4:  # named: global_batch_cases uses it as a data-parallel x tensor-parallel mesh
+        meshes.append(init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")))
     for mesh in meshes:
         tag = "x".join(map(str, mesh.shape))
         for name in SUPPORTED:
@@ -148,16 +148,17 @@ def main():
         results["seed_model sharded"] = "not refused"
     except RuntimeError as exc:
         results["seed_model sharded"] = "ok" if "different stream positions" in str(exc) else str(exc)
-    results.update(global_batch_cases(mesh))
+    results.update(global_batch_cases(mesh, meshes[1] if world == 4 else None))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         merged = {k: v for r, res in enumerate(gathered) for k, v in res.items() if v != "ok" or r == 0}
         torch.save(merged, args.out)
+    dist.barrier()  # every rank done with its groups before any tears them down
     dist.destroy_process_group()
 
 
-def global_batch_cases(mesh) -> dict:
+def global_batch_cases(mesh, mesh2) -> dict:
     """dropkit.distributed.global_batch: each rank's rows of the batch get their rows of the
     one-process mask, for plain tensors and for DTensors on the rest of a 2-D mesh."""
     from dropkit.distributed import global_batch
@@ -179,8 +180,7 @@ def global_batch_cases(mesh) -> dict:
         got.sum().backward()
         ok = ok and torch.equal(local.grad, whole.grad.chunk(world)[rank])
         results[f"global_batch/{name}"] = "ok" if ok else "differs"
-    if world == 4:  # FSDP x TP: 2 data-parallel ranks, each a DTensor over a 2-rank TP mesh
-        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    if mesh2 is not None:  # FSDP x TP: 2 data-parallel ranks, each a DTensor over a 2-rank TP mesh
         dp_rank = mesh2.get_local_rank("dp")
         for placement in (Replicate(), Shard(2)):
             local = distribute_tensor(x.chunk(2)[dp_rank], mesh2["tp"], [placement])
