@@ -227,4 +227,13 @@ int dk_run(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, c
            uint8_t *bits_out, uint8_t *bool_out, uint64_t seed, uint64_t offset, uint64_t threshold,
            double scale, uint64_t n, int nthreads);
 
+/* The broadcast kernels (dk_bcast.c), which py_entry.c exposes to Python with dk_run. */
+int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uint8_t *bits, uint64_t nbits, int nd,
+                   const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
+                   double scale, double a, double b, double c, int nthreads);
+int dk_bcast_draw_apply(int isa, int op, int dtype, const void *x, void *y, uint8_t *bits, uint8_t *bools,
+                        uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nbits, int nd,
+                        const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
+                        double scale, double a, double b, double c, int nthreads);
+
 #endif

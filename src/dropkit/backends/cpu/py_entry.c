@@ -8,18 +8,7 @@
  * rest of the library is still reached through ctypes (dropkit/backends/cpu/_native.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <stdint.h>
-
-int dk_run(int isa, int dtype, const void *x, void *y, const uint8_t *bits_in, const uint8_t *bool_in,
-           uint8_t *bits_out, uint8_t *bool_out, uint64_t seed, uint64_t offset, uint64_t threshold,
-           double scale, uint64_t n, int nthreads);
-int dk_bcast_apply(int isa, int op, int dtype, const void *x, void *y, const uint8_t *bits, uint64_t nbits, int nd,
-                   const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
-                   double scale, double a, double b, double c, int nthreads);
-int dk_bcast_draw_apply(int isa, int op, int dtype, const void *x, void *y, uint8_t *bits, uint8_t *bools,
-                        uint64_t seed, uint64_t offset, uint64_t threshold, uint64_t nbits, int nd,
-                        const int64_t *sizes, const int64_t *xstr, const int64_t *ystr, const int64_t *mstr,
-                        double scale, double a, double b, double c, int nthreads);
+#include "dk_common.h"
 
 static int arg_ptr(PyObject *o, void **out) {
     if (o == Py_None) {
