@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_distributed import _PORT_TROUBLE, free_port
+from test_distributed import RETRY_SIGNS, free_port
 
 ROOT = Path(__file__).resolve().parent
 
@@ -27,7 +27,7 @@ def run_worker(nproc: int, out: Path) -> dict:
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         text = (done.stdout + done.stderr).lower()
-        if done.returncode == 0 or not any(sign in text for sign in _PORT_TROUBLE):
+        if done.returncode == 0 or not any(sign in text for sign in RETRY_SIGNS):
             break
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return torch.load(out)
@@ -55,7 +55,7 @@ def run_example(nproc: int, *args: str) -> list[tuple[str, str, float]]:
                    "--master_addr", "127.0.0.1", "--master_port", port, example, *args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         text = (done.stdout + done.stderr).lower()
-        if done.returncode == 0 or not any(sign in text for sign in _PORT_TROUBLE):
+        if done.returncode == 0 or not any(sign in text for sign in RETRY_SIGNS):
             break
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = []

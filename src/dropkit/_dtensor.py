@@ -10,7 +10,10 @@ of the result equals the same call on ``x.full_tensor()`` in one process, bit fo
 
 * The stream advances by the **global** mask size on every rank, so the ranks stay in step.
 * ``Partial``: dropout is linear given its mask, so every rank applies the same mask to its
-  partial value and the result stays ``Partial``.
+  partial value and the result stays ``Partial`` (Gaussian dropout likewise); alpha dropout and
+  Gaussian noise are not linear in ``x`` and refuse it.
+* The same holds for alpha dropout (the mask words) and Gaussian dropout and noise (the
+  normals, :func:`normals_at`); :func:`rowwise` runs ``dropout_add_norm``'s norm.
 * Before drawing, the ranks check that they hold the same stream position (one all-reduce
   over the mesh): different seeds per rank would silently give per-rank masks, so they raise.
 * What is not supported (a placement other than ``Replicate``/``Shard``/``Partial``, such as
@@ -24,10 +27,11 @@ import math
 import torch
 
 from dropkit import _torch
-from dropkit.backends._shared import opmath_dtype
+from dropkit.backends._shared import normal_cos_sin, normal_log, opmath_dtype, sqrt_rn
 from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed
 
-__all__ = ["is_dtensor", "apply_dropout", "words_at", "global_batch_mesh"]
+__all__ = ["is_dtensor", "routes", "apply_dropout", "apply_alpha", "apply_gaussian", "words_at", "normals_at",
+           "rowwise", "global_batch_mesh"]
 
 # (mesh, data-parallel mesh dim, batch dim) while dropkit.distributed.global_batch is active, else
 # None: read by dropkit.functional.dropout on every call and by the ops' input guard.
@@ -45,6 +49,17 @@ def is_dtensor(x: torch.Tensor) -> bool:
         return False
     cls = _torch._dtensor_type()
     return cls is not None and isinstance(x, cls)
+
+
+def routes(x: torch.Tensor) -> bool:
+    """Whether a draw on ``x`` takes the DTensor path: ``x`` is a DTensor, or a
+    :func:`dropkit.distributed.global_batch` context is active.
+
+    Example:
+        >>> routes(torch.ones(2))
+        False
+    """
+    return (type(x) is not torch.Tensor and is_dtensor(x)) or global_batch_mesh is not None
 
 
 def words_at(seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
@@ -134,6 +149,44 @@ class _LocalDropout(torch.autograd.Function):
         return _LocalDropout.apply(grad, keep, ctx.scale), None, None
 
 
+class _LocalAlpha(torch.autograd.Function):
+    """``where(keep, x * a + b, fill)`` on the local tensor, each step rounded in the opmath
+    dtype; its gradient is ``where(keep, grad * a, 0)``."""
+
+    @staticmethod
+    def forward(ctx, x, keep, a, b, fill):
+        ctx.save_for_backward(keep)
+        ctx.a = a
+        dt = opmath_dtype(x.dtype)
+        a_t, b_t, fill_t = (torch.full((), v, dtype=dt, device=x.device) for v in (a, b, fill))
+        return torch.where(keep, x.to(dt) * a_t + b_t, fill_t).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return _LocalDropout.apply(grad, keep, ctx.a), None, None, None, None
+
+
+class _LocalGaussian(torch.autograd.Function):
+    """``x + cz`` (``additive``) or ``x * (1 + cz)`` in ``cz``'s dtype, rounded once to ``x``'s;
+    the gradient is the incoming one (additive) or the same map of it."""
+
+    @staticmethod
+    def forward(ctx, x, cz, additive):
+        ctx.additive = additive
+        if not additive:
+            ctx.save_for_backward(cz)
+        xc = x.to(cz.dtype)
+        return (xc + cz if additive else xc * (1.0 + cz)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.additive:
+            return grad, None, None
+        (cz,) = ctx.saved_tensors
+        return _LocalGaussian.apply(grad, cz, False), None, None
+
+
 def _lift(x: torch.Tensor) -> torch.Tensor:
     """``x`` as this rank's shard of the global batch: a DTensor on the whole mesh of
     :func:`dropkit.distributed.global_batch`, ``Shard(batch_dim)`` on its data-parallel dim."""
@@ -198,43 +251,142 @@ def apply_dropout(
     Shape:
         x: any global shape; output: a DTensor of the same shape, mesh and placements.
     """
+
+    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+        if threshold <= 0:
+            keep = torch.ones(index.shape, dtype=torch.bool, device=block.device)
+        else:
+            keep = words_at(seed, offset, index) >= threshold
+        return _LocalDropout.apply(block, keep, scale)
+
+    return _run(x, "dropout", dims, lambda n: n, local, stream, inplace, linear=True)
+
+
+def apply_alpha(
+    x: torch.Tensor, dims: tuple[int, ...], threshold: int, a: float, b: float, fill: float, stream: object,
+    inplace: bool,
+) -> torch.Tensor:
+    """Alpha dropout (``dims`` shared: feature alpha dropout) for a DTensor ``x``:
+    ``where(keep, x * a + b, fill)`` with each rank's block of the one-process mask, rounded as
+    :func:`dropkit.backends.reference.alpha_forward` rounds it. Alpha dropout is affine, not
+    linear, so a ``Partial`` placement is refused.
+
+    Shape:
+        x: any global shape; output: a DTensor of the same shape, mesh and placements.
+    """
+
+    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+        return _LocalAlpha.apply(block, words_at(seed, offset, index) >= threshold, a, b, fill)
+
+    return _run(x, "alpha dropout", dims, lambda n: n, local, stream, inplace, linear=False)
+
+
+def apply_gaussian(x: torch.Tensor, c: float, additive: bool, stream: object, inplace: bool) -> torch.Tensor:
+    """Gaussian dropout (``x * (1 + c z)``) or noise (``x + c z``, ``additive``) for a DTensor
+    ``x``: element ``i`` (global row-major) takes the normal ``z[i]`` one process draws
+    (:func:`normals_at`), rounded as :func:`dropkit.backends.reference.gaussian_apply` rounds
+    it. The stream advances by ``2 * ceil(numel / 2)`` words. Additive noise on a ``Partial``
+    DTensor would be added once per rank, so it is refused; the multiplicative form is linear.
+
+    Shape:
+        x: any global shape; output: a DTensor of the same shape, mesh and placements.
+    """
+
+    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+        dt = opmath_dtype(block.dtype)
+        cz = torch.full((), c, dtype=dt, device=block.device) * normals_at(seed, offset, index, dt)
+        return _LocalGaussian.apply(block, cz, additive)
+
+    what = "gaussian_noise" if additive else "gaussian_dropout"
+    return _run(x, what, (), lambda n: 2 * ((n + 1) // 2), local, stream, inplace, linear=not additive)
+
+
+def normals_at(seed: int, offset: int, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normals ``z[index]`` of the stream ``(seed, offset)``, as
+    :func:`dropkit.backends.reference.normal` draws them: ``z[2k] = r cos`` and
+    ``z[2k + 1] = r sin`` of the Box-Muller pair of words ``w[2k]``, ``w[2k + 1]``.
+
+    Shape:
+        index: ``(*)`` int64; output: ``(*)`` of ``dtype``.
+
+    Example:
+        >>> from dropkit.backends.reference import normal
+        >>> i = torch.tensor([4, 1, 2])
+        >>> torch.equal(normals_at(3, 7, i, torch.float64), normal(5, 3, 7, torch.float64)[i])
+        True
+    """
+    first = index & ~1
+    r = sqrt_rn(normal_log(words_at(seed, offset, first) >> 8) * -2.0)
+    cos, sin = normal_cos_sin(words_at(seed, offset, first + 1) >> 8)
+    return torch.where((index & 1) == 0, r * cos, r * sin).to(dtype)
+
+
+def rowwise(fn: object, h: torch.Tensor, *params: torch.Tensor | None) -> torch.Tensor:
+    """``fn(h, *params)`` for a norm over the last dim of the DTensor ``h``: plain ``params``
+    (a norm's weight and bias) are taken as replicated on ``h``'s mesh; if the last dim is
+    sharded, ``h`` is gathered along it first and the result is put back on ``h``'s placements.
+
+    Shape:
+        h: ``(*, C)``; params: ``(C,)`` or None; output: ``(*, C)``, ``h``'s placements.
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    mesh, placements = h.device_mesh, tuple(h.placements)
+    params = tuple(
+        DTensor.from_local(t, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        if t is not None and not is_dtensor(t) else t for t in params
+    )
+    last = h.dim() - 1
+    whole = tuple(Replicate() if type(p) is Shard and p.dim in (last, -1) else p for p in placements)
+    if whole == placements:
+        return fn(h, *params)
+    return fn(h.redistribute(mesh, whole), *params).redistribute(mesh, placements)
+
+
+def _run(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: object, local: object, stream: object,
+         inplace: bool, linear: bool) -> torch.Tensor:
+    """Apply ``local(block, seed, offset, index)`` to each rank's block of the DTensor ``x``,
+    ``index`` being the block's global row-major indices in ``x``'s shape with ``dims`` reduced
+    to 1; the stream advances by ``words_for(prod(reduced shape))`` on every rank. Inside
+    :func:`dropkit.distributed.global_batch` a plain ``x`` is lifted to its global-batch DTensor
+    first, and the result lowered back."""
     if global_batch_mesh is not None:
         lifted = _lift(x)
         if lifted is not x:
-            y = _lower(_apply_dtensor(lifted, threshold, scale, dims, stream, False), x)
+            y = _lower(_run_dtensor(lifted, what, dims, words_for, local, stream, linear), x)
             return x.copy_(y) if inplace else y
-    return _apply_dtensor(x, threshold, scale, dims, stream, inplace)
+    y = _run_dtensor(x, what, dims, words_for, local, stream, linear)
+    return x.copy_(y) if inplace else y
 
 
-def _apply_dtensor(
-    x: torch.Tensor, threshold: int, scale: float, dims: tuple[int, ...], stream: object, inplace: bool
-) -> torch.Tensor:
+def _run_dtensor(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: object, local: object,
+                 stream: object, linear: bool) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     if torch.compiler.is_compiling():
-        raise RuntimeError("dropkit's DTensor dropout runs in eager mode; torch.compile around it "
+        raise RuntimeError(f"dropkit's DTensor {what} runs in eager mode; torch.compile around it "
                            "is not supported")
     mesh, placements = x.device_mesh, tuple(x.placements)
-    _check_placements(placements, "dropout")
+    _check_placements(placements, what)
+    if not linear and any(p.is_partial() for p in placements):
+        raise TypeError(
+            f"{what} on a DTensor with placements {placements}: it is not linear in x, so it cannot "
+            "be applied to partial values; redistribute to Replicate or Shard first"
+        )
     shape = tuple(x.shape)
     reduced = tuple(1 if d in dims else s for d, s in enumerate(shape))
-    seed, offset = stream.take(math.prod(reduced))  # the global count, on every rank
+    seed, offset = stream.take(words_for(math.prod(reduced)))  # the global count, on every rank
     seed, offset = _host(seed), _host(offset)
     _agree(mesh, seed, offset)
-    local = x.to_local()
+    block = x.to_local()
     local_shape, global_offset = _torch.local_box(shape, mesh, placements)
-    if tuple(local.shape) != local_shape:
-        raise RuntimeError(f"this rank's block of the DTensor has shape {tuple(local.shape)}, not the "
+    if tuple(block.shape) != local_shape:
+        raise RuntimeError(f"this rank's block of the DTensor has shape {tuple(block.shape)}, not the "
                            f"{local_shape} its placements {placements} give")
     box = tuple(1 if d in dims else n for d, n in enumerate(local_shape))
     start = tuple(0 if d in dims else o for d, o in enumerate(global_offset))
-    if threshold <= 0:
-        keep = torch.ones(box, dtype=torch.bool, device=local.device)
-    else:
-        keep = words_at(seed, offset, _global_index(reduced, start, box, local.device)) >= threshold
-    y = _LocalDropout.apply(local, keep, scale)
-    out = DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())
-    return x.copy_(out) if inplace else out
+    y = local(block, seed, offset, _global_index(reduced, start, box, block.device))
+    return DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: object, p: float,

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from dropkit import ops
+from dropkit import _dtensor, ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import zeros_with_grad
 from dropkit.rng import keep_threshold
@@ -61,8 +61,12 @@ def apply_alpha(
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
-        seed, offset = stream.take(math.prod(mask_shape))
         a, b, alpha_p = alpha_affine(p)
+        if _dtensor.routes(input):
+            dims = tuple(d for d, n in enumerate(mask_shape) if n == 1 and input.shape[d] != 1)
+            fill = a * alpha_p + b
+            return _dtensor.apply_alpha(input, dims, keep_threshold(p), a, b, fill, stream, inplace)
+        seed, offset = stream.take(math.prod(mask_shape))
         y = ops.alpha(input, mask_shape, seed, offset, keep_threshold(p), a, b, a * alpha_p + b, "bits")
     return input.copy_(y) if inplace else y
 

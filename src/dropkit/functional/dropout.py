@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 
 from dropkit import _dtensor, ops
-from dropkit._dtensor import is_dtensor
 from dropkit.functional._checks import (
     check_dims,
     check_floating,
@@ -103,7 +102,7 @@ def apply_dropout(
     the (normalized) shared dims, ``threshold`` is ``round(p * 2**32)``. It reserves exactly
     the mask's words, ``prod(mask_shape(input.shape, dims))``.
     """
-    if (type(input) is not torch.Tensor and is_dtensor(input)) or _dtensor.global_batch_mesh is not None:
+    if _dtensor.routes(input):
         return _dtensor.apply_dropout(input, threshold, scale, dims, stream, inplace)  # its block of the mask
     if dims:
         shape, numel = _reduced(input.shape, dims)

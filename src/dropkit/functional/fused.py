@@ -16,7 +16,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from dropkit import ops
+from dropkit import _dtensor, ops
 from dropkit.functional._checks import check_floating, check_mask_storage, check_p, open_stream
 from dropkit.functional.dropout import apply_dropout, inverted_scale
 from dropkit.rng import keep_threshold
@@ -79,6 +79,11 @@ def dropout_add_norm(
     (``mask_storage="bits"``) or no mask (``"seed"``: backward draws it again); elsewhere it
     runs dropkit's dropout and torch's add and norm.
 
+    DTensors (x and residual on one mesh with the same placements): the mask is each rank's
+    block of the one-process mask, as :func:`dropkit.functional.dropout` draws it. A plain
+    ``weight`` or ``bias`` is taken as replicated. Where the last dim is sharded, the norm sees
+    each row whole (``h`` is gathered along it) and the output is put back on x's placements.
+
     Args:
         x: the sub-layer output that dropout applies to.
         residual: the residual stream, same shape, dtype and device as ``x``.
@@ -114,7 +119,7 @@ def dropout_add_norm(
     active = training and p > 0.0
     threshold, scale = keep_threshold(p), inverted_scale(p) if active else 1.0
     c = x.shape[-1]
-    if ops.fuses_dropout_add_norm(x):
+    if not _dtensor.routes(x) and ops.fuses_dropout_add_norm(x):
         # The fused kernel draws one word per element of x, as dropout would.
         position = stream.take(x.numel()) if active else (0, 0)
         needs_grad = torch.is_grad_enabled() and any(
@@ -129,10 +134,15 @@ def dropout_add_norm(
     else:
         d = apply_dropout(x, threshold, scale, (), stream, mask_storage, False) if active else x
         h = d + residual
-        if norm == "layer":
-            y = F.layer_norm(h, (c,), weight, bias, float(eps))
-        else:
+
+        def normalize(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            if norm == "layer":
+                return F.layer_norm(h, (c,), weight, bias, float(eps))
             y = F.rms_norm(h, (c,), weight, float(eps))
-            if bias is not None:
-                y = y + bias
+            return y if bias is None else y + bias
+
+        if _dtensor.is_dtensor(h):
+            y = _dtensor.rowwise(normalize, h, weight, bias)
+        else:
+            y = normalize(h, weight, bias)
     return (y, h) if prenorm else y

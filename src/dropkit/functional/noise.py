@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from dropkit import ops
+from dropkit import _dtensor, ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import zeros_with_grad
 
@@ -88,9 +88,12 @@ def apply_gaussian_dropout(input: torch.Tensor, p: float, inplace: bool, stream:
     if p == 1.0:
         y = zeros_with_grad(input)
     else:
+        c = math.sqrt(p / (1.0 - p))
+        if _dtensor.routes(input):
+            return _dtensor.apply_gaussian(input, c, False, stream, inplace)
         n = input.numel()
         seed, offset = stream.take(2 * ((n + 1) // 2))
-        y = ops.gaussian(input, seed, offset, math.sqrt(p / (1.0 - p)), False)
+        y = ops.gaussian(input, seed, offset, c, False)
     return input.copy_(y) if inplace else y
 
 
@@ -131,7 +134,10 @@ def apply_gaussian_noise(input: torch.Tensor, stddev: float, inplace: bool, stre
     """The unchecked core of :func:`gaussian_noise` in training (normals drawn from ``stream``)."""
     if stddev == 0.0:
         return input
+    if _dtensor.routes(input):
+        return _dtensor.apply_gaussian(input, stddev, True, stream, inplace)
     n = input.numel()
     seed, offset = stream.take(2 * ((n + 1) // 2))
     y = ops.gaussian(input, seed, offset, stddev, True)
     return input.copy_(y) if inplace else y
+
