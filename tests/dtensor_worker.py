@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.tensor import Partial, Replicate, Shard, distribute_tensor, init_device_mesh
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -169,6 +170,7 @@ def main():
     results.update(global_batch_cases(mesh, meshes[1] if world == 4 else None))
     for m in meshes:
         results.update(fused_cases(m))
+    results.update(weight_cases(mesh))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
@@ -218,6 +220,31 @@ def fused_cases(mesh) -> dict:
                             for d, t in ((dw, leaves[2]), (db, leaves[3])))
             tag = "x".join(map(str, mesh.shape))
             results[f"{tag}/dropout_add_norm {norm}/{placements}"] = "ok" if ok else "differs"
+    return results
+
+
+def weight_cases(mesh) -> dict:
+    """Dropout of a DTensor weight: embedding dropout (vocabulary rows) and DropConnect on a
+    linear layer whose parameters are DTensors give the one-process outputs bit for bit (small
+    integers and p = 0.5, so every sum is exact whatever order the sharded matmul takes)."""
+    results = {}
+    g = torch.Generator().manual_seed(6)
+    w, idx = torch.randn(10, 4, generator=g), torch.tensor([[1, 3, 9], [0, 5, 5]])
+    want = F.embedding_dropout(idx, w, 0.4, seed=3)
+    lin, x = nn.Linear(4, 3), torch.randint(-4, 4, (2, 4), generator=g).float()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randint(-4, 4, (3, 4), generator=g))
+        lin.bias.copy_(torch.randint(-4, 4, (3,), generator=g))
+    want_dc = dropkit.DropConnect(lin, 0.5, seed=2)(x)
+    for placement in (Replicate(), Shard(0), Shard(1)):
+        d_idx, d_w = distribute_tensor(idx, mesh, [Replicate()]), distribute_tensor(w, mesh, [placement])
+        y = F.embedding_dropout(d_idx, d_w, 0.4, seed=3).full_tensor()
+        results[f"weight/embedding_dropout {placement}"] = "ok" if torch.equal(y, want) else "differs"
+        copy = nn.Linear(4, 3)
+        copy.weight = nn.Parameter(distribute_tensor(lin.weight.detach(), mesh, [placement]))
+        copy.bias = nn.Parameter(distribute_tensor(lin.bias.detach(), mesh, [Replicate()]))
+        y = dropkit.DropConnect(copy, 0.5, seed=2)(distribute_tensor(x, mesh, [Replicate()])).full_tensor()
+        results[f"weight/DropConnect {placement}"] = "ok" if torch.equal(y, want_dc) else "differs"
     return results
 
 
