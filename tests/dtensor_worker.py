@@ -26,7 +26,8 @@ SUPPORTED = [
     "MCDropout", "functional.scaled_dot_product_attention",
     "functional.alpha_dropout", "functional.feature_alpha_dropout", "AlphaDropout", "FeatureAlphaDropout",
     "functional.gaussian_dropout", "functional.gaussian_noise", "GaussianDropout", "GaussianNoise",
-    "functional.dropout_add_norm",
+    "functional.dropout_add_norm", "functional.drop_block2d", "functional.drop_block3d", "DropBlock2d",
+    "DropBlock3d",
 ]
 REFUSED = sorted(set(MEMBERS) - set(SUPPORTED))
 
@@ -111,9 +112,9 @@ def main():
             call, shape = MEMBERS[name]
             x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
             for placements in placements_for(mesh, len(shape)):
-                if name == "functional.scaled_dot_product_attention" and (mesh.ndim > 1 or world > 2 or any(
-                        isinstance(p, Shard) and p.dim >= 2 for p in placements)):
-                    continue  # a 1-D mesh, even shards of batch and head dims only
+                if name == "functional.scaled_dot_product_attention" and any(
+                        isinstance(p, Shard) and p.dim >= 2 for p in placements):
+                    continue  # shards of batch and head dims only (refused below)
                 key = f"{tag}/{name}/{placements}"
                 try:
                     results[key] = compare(call, x, mesh, placements)
@@ -171,6 +172,8 @@ def main():
     for m in meshes:
         results.update(fused_cases(m))
     results.update(weight_cases(mesh))
+    for m in meshes:
+        results.update(drop_block_cases(m))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
@@ -223,6 +226,23 @@ def fused_cases(mesh) -> dict:
     return results
 
 
+def drop_block_cases(mesh) -> dict:
+    """DropBlock with blocks across shard borders, shared channels and torchvision's eps: the
+    one-process output and gradient, bit for bit (the kept count is the global one)."""
+    results = {}
+    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(12))
+    calls = {
+        "b4": lambda t, s: F.drop_block2d(t, 0.4, 4, seed=s),
+        "shared channels": lambda t, s: F.drop_block2d(t, 0.4, (3, 2), shared_channels=True, seed=s),
+        "eps": lambda t, s: dropkit.DropBlock2d(0.4, 3, eps=1e-6, seed=s)(t),
+    }
+    for name, call in calls.items():
+        for placements in placements_for(mesh, 4):
+            tag = "x".join(map(str, mesh.shape))
+            results[f"{tag}/drop_block {name}/{placements}"] = compare(call, x, mesh, placements)
+    return results
+
+
 def weight_cases(mesh) -> dict:
     """Dropout of a DTensor weight: embedding dropout (vocabulary rows) and DropConnect on a
     linear layer whose parameters are DTensors give the one-process outputs bit for bit (small
@@ -259,7 +279,8 @@ def global_batch_cases(mesh, mesh2) -> dict:
     rows = x.chunk(world)[rank]
     for name in ("functional.dropout", "functional.dropout[shared_dims]", "functional.dropout1d",
                  "functional.drop_path", "Dropout", "DropPath", "functional.alpha_dropout",
-                 "functional.feature_alpha_dropout", "functional.gaussian_dropout", "GaussianNoise"):
+                 "functional.feature_alpha_dropout", "functional.gaussian_dropout", "GaussianNoise",
+                 "functional.drop_block2d"):
         call = MEMBERS[name][0]
         whole = x.clone().requires_grad_()
         expected = call(whole, 5)
@@ -271,6 +292,22 @@ def global_batch_cases(mesh, mesh2) -> dict:
         got.sum().backward()
         ok = ok and torch.equal(local.grad, whole.grad.chunk(world)[rank])
         results[f"global_batch/{name}"] = "ok" if ok else "differs"
+    # Weights are not shards of the batch: every rank draws their whole masks, and the stream
+    # advances as in one process (the dropout drawn after them from the same generator agrees).
+    w = torch.randn(10, 6, generator=torch.Generator().manual_seed(2))
+    lin = nn.Linear(6, 4)
+    idx = torch.randint(0, 10, (2 * world, 3), generator=torch.Generator().manual_seed(3))
+
+    def weights_then_dropout(i):
+        gen = torch.Generator().manual_seed(7)
+        e = F.embedding_dropout(i, w, 0.4, generator=gen)
+        e = F.drop_connect(lin, (e,), p=0.3, generator=gen)
+        return F.dropout(e, 0.3, generator=gen)
+
+    want = weights_then_dropout(idx).chunk(world)[rank]
+    with global_batch(mesh, 0):
+        got = weights_then_dropout(idx.chunk(world)[rank])
+    results["global_batch/weights then dropout"] = "ok" if torch.equal(got, want) else "differs"
     if mesh2 is not None:  # FSDP x TP: 2 data-parallel ranks, each a DTensor over a 2-rank TP mesh
         dp_rank = mesh2.get_local_rank("dp")
         for placement in (Replicate(), Shard(2)):
@@ -281,13 +318,13 @@ def global_batch_cases(mesh, mesh2) -> dict:
             ok = got.placements == (placement,) and torch.equal(got.full_tensor(), want)
             results[f"global_batch/2-D {placement}"] = "ok" if ok else "differs"
     refusals = {
-        "drop block": lambda: F.drop_block2d(rows.unsqueeze(1), 0.3, 2, seed=1),
+        "concrete dropout": lambda: F.concrete_dropout(rows, torch.tensor(-1.0), seed=1),
         "nested": lambda: global_batch(mesh, 0).__enter__(),
         "unequal batches": lambda: F.dropout(x[: rank + 1], 0.3, seed=1),
         "mesh dim name": lambda: global_batch(mesh, "dp").__enter__(),
     }
     expected_errors = {
-        "drop block": (TypeError, "global-batch"), "nested": (RuntimeError, "nest"),
+        "concrete dropout": (TypeError, "global-batch"), "nested": (RuntimeError, "nest"),
         "unequal batches": (ValueError, "same batch size"), "mesh dim name": (ValueError, "dp"),
     }
     for name, fn in refusals.items():

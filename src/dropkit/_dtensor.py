@@ -12,8 +12,9 @@ of the result equals the same call on ``x.full_tensor()`` in one process, bit fo
 * ``Partial``: dropout is linear given its mask, so every rank applies the same mask to its
   partial value and the result stays ``Partial`` (Gaussian dropout likewise); alpha dropout and
   Gaussian noise are not linear in ``x`` and refuse it.
-* The same holds for alpha dropout (the mask words) and Gaussian dropout and noise (the
-  normals, :func:`normals_at`); :func:`rowwise` runs ``dropout_add_norm``'s norm.
+* The same holds for alpha dropout (the mask words), Gaussian dropout and noise (the
+  normals, :func:`normals_at`) and DropBlock (:func:`drop_block`: the seeds of the block and
+  of its halo, and the global kept count); :func:`rowwise` runs ``dropout_add_norm``'s norm.
 * Before drawing, the ranks check that they hold the same stream position (one all-reduce
   over the mesh): different seeds per rank would silently give per-rank masks, so they raise.
 * What is not supported (a placement other than ``Replicate``/``Shard``/``Partial``, such as
@@ -22,16 +23,28 @@ of the result equals the same call on ``x.full_tensor()`` in one process, bit fo
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 
 from dropkit import _torch
-from dropkit.backends._shared import normal_cos_sin, normal_log, opmath_dtype, sqrt_rn
+from dropkit.backends._shared import (
+    dropblock_applied_scale,
+    dropblock_mask_shape,
+    dropblock_scale,
+    dropblock_seed_shape,
+    normal_cos_sin,
+    normal_log,
+    opmath_dtype,
+    sqrt_rn,
+)
 from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed
 
-__all__ = ["is_dtensor", "routes", "apply_dropout", "apply_alpha", "apply_gaussian", "words_at", "normals_at",
-           "rowwise", "global_batch_mesh"]
+__all__ = ["is_dtensor", "routes", "apply_dropout", "apply_alpha", "apply_gaussian", "drop_block", "words_at",
+           "normals_at", "rowwise", "outside_global_batch", "global_batch_mesh"]
 
 # (mesh, data-parallel mesh dim, batch dim) while dropkit.distributed.global_batch is active, else
 # None: read by dropkit.functional.dropout on every call and by the ops' input guard.
@@ -49,6 +62,25 @@ def is_dtensor(x: torch.Tensor) -> bool:
         return False
     cls = _torch._dtensor_type()
     return cls is not None and isinstance(x, cls)
+
+
+@contextlib.contextmanager
+def outside_global_batch() -> Iterator[None]:
+    """Suspend :func:`dropkit.distributed.global_batch` for a draw on a tensor that is not a
+    shard of the batch (a weight: every rank holds all of it and draws its whole mask, as one
+    process would draw it once for the whole batch).
+
+    Example:
+        >>> with outside_global_batch():
+        ...     routes(torch.ones(2))
+        False
+    """
+    global global_batch_mesh
+    saved, global_batch_mesh = global_batch_mesh, None
+    try:
+        yield
+    finally:
+        global_batch_mesh = saved
 
 
 def routes(x: torch.Tensor) -> bool:
@@ -252,14 +284,15 @@ def apply_dropout(
         x: any global shape; output: a DTensor of the same shape, mesh and placements.
     """
 
-    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+    def local(block: torch.Tensor, seed: int, offset: int, where: _Block) -> torch.Tensor:
+        index = where.index(dims, block.device)
         if threshold <= 0:
             keep = torch.ones(index.shape, dtype=torch.bool, device=block.device)
         else:
             keep = words_at(seed, offset, index) >= threshold
         return _LocalDropout.apply(block, keep, scale)
 
-    return _run(x, "dropout", dims, lambda n: n, local, stream, inplace, linear=True)
+    return _run(x, "dropout", _reduced_count(dims), local, stream, inplace, linear=True)
 
 
 def apply_alpha(
@@ -275,10 +308,11 @@ def apply_alpha(
         x: any global shape; output: a DTensor of the same shape, mesh and placements.
     """
 
-    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
-        return _LocalAlpha.apply(block, words_at(seed, offset, index) >= threshold, a, b, fill)
+    def local(block: torch.Tensor, seed: int, offset: int, where: _Block) -> torch.Tensor:
+        keep = words_at(seed, offset, where.index(dims, block.device)) >= threshold
+        return _LocalAlpha.apply(block, keep, a, b, fill)
 
-    return _run(x, "alpha dropout", dims, lambda n: n, local, stream, inplace, linear=False)
+    return _run(x, "alpha dropout", _reduced_count(dims), local, stream, inplace, linear=False)
 
 
 def apply_gaussian(x: torch.Tensor, c: float, additive: bool, stream: object, inplace: bool) -> torch.Tensor:
@@ -292,13 +326,72 @@ def apply_gaussian(x: torch.Tensor, c: float, additive: bool, stream: object, in
         x: any global shape; output: a DTensor of the same shape, mesh and placements.
     """
 
-    def local(block: torch.Tensor, seed: int, offset: int, index: torch.Tensor) -> torch.Tensor:
+    def local(block: torch.Tensor, seed: int, offset: int, where: _Block) -> torch.Tensor:
         dt = opmath_dtype(block.dtype)
-        cz = torch.full((), c, dtype=dt, device=block.device) * normals_at(seed, offset, index, dt)
-        return _LocalGaussian.apply(block, cz, additive)
+        z = normals_at(seed, offset, where.index((), block.device), dt)
+        return _LocalGaussian.apply(block, torch.full((), c, dtype=dt, device=block.device) * z, additive)
 
     what = "gaussian_noise" if additive else "gaussian_dropout"
-    return _run(x, what, (), lambda n: 2 * ((n + 1) // 2), local, stream, inplace, linear=not additive)
+    words = lambda shape: 2 * ((math.prod(shape) + 1) // 2)  # noqa: E731
+    return _run(x, what, words, local, stream, inplace, linear=not additive)
+
+
+def drop_block(x: torch.Tensor, blocks: tuple[int, ...], threshold: int, shared_channels: bool, stream: object
+               ) -> tuple[torch.Tensor, int]:
+    """DropBlock on a batched DTensor ``x`` ``(N, C, *spatial)``: ``(y, kept)`` with ``y`` each
+    rank's block of the one-process output and ``kept`` the global kept count.
+
+    Seed ``k`` of the grid ``(N, C or 1, f - b + 1, ...)`` is set iff word ``k`` < ``threshold``
+    (:func:`dropkit.backends.reference.dropblock_mask`); each rank draws the seeds of its block
+    and of the ``b - 1`` positions before it along each spatial axis (a halo read from the
+    stream, not from another rank), so blocks that cross a shard border drop on both sides. The
+    kept count is summed over the mesh dims that split the mask (one all-reduce each), and
+    ``y = where(keep, x * count / kept, 0)`` rounded as the backends round it.
+
+    Shape:
+        x: ``(N, C, *spatial)`` with 2 or 3 spatial dims; ``y``: the same, x's placements.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    found: dict[str, int] = {}
+
+    def local(block: torch.Tensor, seed: int, offset: int, where: _Block) -> torch.Tensor:
+        grid = dropblock_seed_shape(where.shape, blocks, shared_channels)
+        o = list(where.start)
+        n = list(where.local_shape)
+        if shared_channels:
+            o[1], n[1] = 0, 1
+        starts = o[:2] + [o[d] - b + 1 for d, b in zip(range(2, len(o)), blocks, strict=True)]
+        sizes = n[:2] + [n[d] + b - 1 for d, b in zip(range(2, len(n)), blocks, strict=True)]
+        index = torch.zeros((), dtype=torch.int64, device=block.device)
+        valid = torch.ones((), dtype=torch.bool, device=block.device)
+        stride = 1
+        for d in reversed(range(len(grid))):
+            along = torch.arange(starts[d], starts[d] + sizes[d], dtype=torch.int64, device=block.device)
+            view = (-1,) + (1,) * (len(grid) - 1 - d)
+            valid = valid & ((along >= 0) & (along < grid[d])).view(view)
+            index = index + (along.clamp(0, max(grid[d] - 1, 0)) * stride).view(view)
+            stride *= grid[d]
+        index = index.expand(sizes)
+        if math.prod(n) == 0:
+            keep = torch.ones(n, dtype=torch.bool, device=block.device)
+        else:
+            seeds = (words_at(seed, offset, index) < threshold) & valid
+            pool = torch.nn.functional.max_pool2d if len(blocks) == 2 else torch.nn.functional.max_pool3d
+            keep = pool(seeds.to(torch.float32), kernel_size=blocks, stride=1) == 0
+        kept = torch.tensor([int(keep.sum())], dtype=torch.int64, device=where.mesh.device_type)
+        for i, p in enumerate(where.placements):  # ranks whose blocks of the mask differ
+            if type(p) is Shard and not (shared_channels and p.dim == 1):
+                dist.all_reduce(kept, group=where.mesh.get_group(i))
+        found["kept"] = int(kept)
+        count = math.prod(dropblock_mask_shape(where.shape, shared_channels))
+        scale = dropblock_applied_scale(dropblock_scale(count, found["kept"]), block.dtype)
+        return _LocalDropout.apply(block, keep, scale)
+
+    words = lambda shape: math.prod(dropblock_seed_shape(shape, blocks, shared_channels))  # noqa: E731
+    y = _run(x, f"drop_block{len(blocks)}d", words, local, stream, False, linear=True)
+    return y, found["kept"]
 
 
 def normals_at(seed: int, offset: int, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -343,23 +436,45 @@ def rowwise(fn: object, h: torch.Tensor, *params: torch.Tensor | None) -> torch.
     return fn(h.redistribute(mesh, whole), *params).redistribute(mesh, placements)
 
 
-def _run(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: object, local: object, stream: object,
-         inplace: bool, linear: bool) -> torch.Tensor:
-    """Apply ``local(block, seed, offset, index)`` to each rank's block of the DTensor ``x``,
-    ``index`` being the block's global row-major indices in ``x``'s shape with ``dims`` reduced
-    to 1; the stream advances by ``words_for(prod(reduced shape))`` on every rank. Inside
-    :func:`dropkit.distributed.global_batch` a plain ``x`` is lifted to its global-batch DTensor
-    first, and the result lowered back."""
+class _Block(NamedTuple):
+    """Where this rank's block lies: the global ``shape``, the block's ``local_shape`` and its
+    ``start`` in the global tensor, on ``mesh`` with ``placements``."""
+
+    shape: tuple[int, ...]
+    local_shape: tuple[int, ...]
+    start: tuple[int, ...]
+    mesh: Any
+    placements: tuple
+
+    def index(self, dims: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Global row-major indices of the block's elements in ``shape`` with ``dims`` reduced
+        to 1 (a shared mask), shaped as the block with ``dims`` of size 1."""
+        reduced = tuple(1 if d in dims else s for d, s in enumerate(self.shape))
+        box = tuple(1 if d in dims else n for d, n in enumerate(self.local_shape))
+        start = tuple(0 if d in dims else o for d, o in enumerate(self.start))
+        return _global_index(reduced, start, box, device)
+
+
+def _reduced_count(dims: tuple[int, ...]) -> Callable[[tuple[int, ...]], int]:
+    return lambda shape: math.prod(1 if d in dims else s for d, s in enumerate(shape))
+
+
+def _run(x: torch.Tensor, what: str, words_for: Callable[[tuple[int, ...]], int], local: Callable,
+         stream: object, inplace: bool, linear: bool) -> torch.Tensor:
+    """Apply ``local(block, seed, offset, where)`` to each rank's block of the DTensor ``x``
+    (``where``: a :class:`_Block`); the stream advances by ``words_for(global shape)`` on every
+    rank. Inside :func:`dropkit.distributed.global_batch` a plain ``x`` is lifted to its
+    global-batch DTensor first, and the result lowered back."""
     if global_batch_mesh is not None:
         lifted = _lift(x)
         if lifted is not x:
-            y = _lower(_run_dtensor(lifted, what, dims, words_for, local, stream, linear), x)
+            y = _lower(_run_dtensor(lifted, what, words_for, local, stream, linear), x)
             return x.copy_(y) if inplace else y
-    y = _run_dtensor(x, what, dims, words_for, local, stream, linear)
+    y = _run_dtensor(x, what, words_for, local, stream, linear)
     return x.copy_(y) if inplace else y
 
 
-def _run_dtensor(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: object, local: object,
+def _run_dtensor(x: torch.Tensor, what: str, words_for: Callable[[tuple[int, ...]], int], local: Callable,
                  stream: object, linear: bool) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -374,8 +489,7 @@ def _run_dtensor(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: o
             "be applied to partial values; redistribute to Replicate or Shard first"
         )
     shape = tuple(x.shape)
-    reduced = tuple(1 if d in dims else s for d, s in enumerate(shape))
-    seed, offset = stream.take(words_for(math.prod(reduced)))  # the global count, on every rank
+    seed, offset = stream.take(words_for(shape))  # the global count, on every rank
     seed, offset = _host(seed), _host(offset)
     _agree(mesh, seed, offset)
     block = x.to_local()
@@ -383,9 +497,7 @@ def _run_dtensor(x: torch.Tensor, what: str, dims: tuple[int, ...], words_for: o
     if tuple(block.shape) != local_shape:
         raise RuntimeError(f"this rank's block of the DTensor has shape {tuple(block.shape)}, not the "
                            f"{local_shape} its placements {placements} give")
-    box = tuple(1 if d in dims else n for d, n in enumerate(local_shape))
-    start = tuple(0 if d in dims else o for d, o in enumerate(global_offset))
-    y = local(block, seed, offset, _global_index(reduced, start, box, block.device))
+    y = local(block, seed, offset, _Block(shape, local_shape, global_offset, mesh, placements))
     return DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())
 
 
@@ -422,10 +534,6 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
            for p_ in placements) or attn_mask is not None or enable_gqa or key.shape[:-2] != query.shape[:-2]:
         raise TypeError("scaled_dot_product_attention on DTensors supports Replicate and Shard over the "
                         f"batch and head dims, without attn_mask or enable_gqa; got {placements}")
-    if mesh.ndim != 1 or any(type(p_) is Shard and query.shape[p_.dim] % mesh.size(0) for p_ in placements):
-        raise TypeError("scaled_dot_product_attention on DTensors supports a 1-D mesh with even shards "
-                        f"(the cases verified against one process); got mesh {tuple(mesh.shape)}, "
-                        f"{placements} on shape {tuple(query.shape)}")
     batch, length, s_len = tuple(query.shape[:-2]), query.shape[-2], key.shape[-2]
     per_matrix = length * s_len
     seed, offset = stream.take(math.prod(batch) * per_matrix)
@@ -445,7 +553,10 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
             run = Stream(seed, offset + matrices[first] * per_matrix // 4)
             outs.append(_sdpa(qf[first:j], kf[first:j], vf[first:j], None, p, is_causal, scale, False, run))
             first = j
-    local = torch.cat(outs) if outs else vf.new_empty((0, length, v.shape[-1]))
+    if outs:
+        local = torch.cat(outs)
+    else:  # an empty shard: still in the graph, so that every rank's backward runs alike
+        local = vf.new_empty((0, length, v.shape[-1])) + (qf.sum() + kf.sum() + vf.sum()) * 0
     local = local.reshape(*local_batch, length, v.shape[-1])
     shape = (*batch, length, value.shape[-1])
     return DTensor.from_local(local, mesh, placements, run_check=False, shape=torch.Size(shape),

@@ -30,9 +30,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dropkit import _dtensor
 from dropkit.functional._checks import check_dims, check_floating, open_stream
 from dropkit.functional._noise import draw_uniform, opmath
 from dropkit.functional.dropout import mask_shape
+from dropkit.ops._inputs import plain
 
 __all__ = ["concrete_dropout", "concrete_regularizer", "concrete_regularizer_from_logit"]
 
@@ -85,6 +87,8 @@ def apply_concrete(
 ) -> torch.Tensor:
     """The unchecked core of :func:`concrete_dropout` in training: one uniform per element of
     the mask shape, drawn from ``stream``."""
+    if _dtensor.routes(input):
+        plain(input, "concrete_dropout")  # a DTensor or a global-batch draw: refused, naming it
     shape = mask_shape(input.shape, dims)
     dt = opmath(input)
     u = draw_uniform(stream, math.prod(shape), dt, input.device).view(shape)

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from dropkit import ops
+from dropkit import _dtensor, ops
 from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import check_positive_ints, check_rank, zeros_with_grad
 from dropkit.rng import keep_threshold
@@ -106,6 +106,12 @@ def apply_drop_block(
     blocks = tuple(min(b, f) for b, f in zip(blocks, spatial, strict=True))
     seed_shape = dropblock_seed_shape(tuple(x.shape), blocks, shared_channels)
     gamma = min(dropblock_gamma(p, blocks, spatial) * gamma_scale, 1.0)
+    if _dtensor.routes(x):
+        y, kept = _dtensor.drop_block(x, blocks, keep_threshold(gamma), shared_channels, stream)
+        if eps > 0.0:
+            y = y * (kept / (kept + eps))
+        y = y.view(input.shape)
+        return input.copy_(y) if inplace else y
     seed, offset = stream.take(math.prod(seed_shape))
     # One pass (dropkit.ops): the block mask from the seed grid (a word below the threshold is a
     # seed; position y is dropped iff a seed lies at y - b + 1 .. y on every axis), its kept count

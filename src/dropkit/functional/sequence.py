@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dropkit import _dtensor
 from dropkit.functional._checks import check_floating, check_p, open_stream
 from dropkit.functional._noise import check_rank
 from dropkit.functional.dropout import apply_dropout, inverted_scale
@@ -129,6 +130,7 @@ def apply_embedding_dropout(
     """The unchecked core of :func:`embedding_dropout`: in training, one word per vocabulary row
     from ``stream``, then the lookup."""
     if training and p > 0.0:
-        weight = apply_dropout(weight, keep_threshold(p), inverted_scale(p) if scale else 1.0, (1,), stream,
-                               "bits", False)
+        with _dtensor.outside_global_batch():  # a weight: every rank draws its whole mask
+            factor = inverted_scale(p) if scale else 1.0
+            weight = apply_dropout(weight, keep_threshold(p), factor, (1,), stream, "bits", False)
     return F.embedding(input, weight, padding_idx)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropkit import _dtensor
 from dropkit.functional._checks import check_p, open_stream
 from dropkit.functional.dropout import apply_dropout, inverted_scale
 from dropkit.rng import keep_threshold
@@ -102,7 +103,8 @@ def apply_drop_connect(
         return module(*args, **kwargs)
     params = dict(module.named_parameters())
     threshold, scale = keep_threshold(p), inverted_scale(p)
-    dropped = {
-        name: apply_dropout(params[name], threshold, scale, (), stream, "bits", False) for name in names
-    }
+    with _dtensor.outside_global_batch():  # weights: every rank draws their whole masks
+        dropped = {
+            name: apply_dropout(params[name], threshold, scale, (), stream, "bits", False) for name in names
+        }
     return torch.func.functional_call(module, dropped, args, kwargs)
