@@ -17,6 +17,7 @@ from torch.distributed.tensor import Partial, Replicate, Shard, distribute_tenso
 sys.path.insert(0, str(Path(__file__).parent))
 import dropkit  # noqa: E402
 import dropkit.functional as F  # noqa: E402
+import dropkit.ops  # noqa: E402
 from family_members import MEMBERS  # noqa: E402
 
 SUPPORTED = [
@@ -29,7 +30,9 @@ SUPPORTED = [
     "functional.dropout_add_norm", "functional.drop_block2d", "functional.drop_block3d", "DropBlock2d",
     "DropBlock3d",
 ]
-REFUSED = sorted(set(MEMBERS) - set(SUPPORTED))
+# Supported too, but compared to rounding in concrete_cases: torch's transcendental functions.
+TO_ROUNDING = ["functional.concrete_dropout"]
+REFUSED = sorted(set(MEMBERS) - set(SUPPORTED) - set(TO_ROUNDING))
 
 
 def placements_for(mesh, ndim):
@@ -174,6 +177,7 @@ def main():
     results.update(weight_cases(mesh))
     for m in meshes:
         results.update(drop_block_cases(m))
+        results.update(concrete_cases(m))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
@@ -223,6 +227,47 @@ def fused_cases(mesh) -> dict:
                             for d, t in ((dw, leaves[2]), (db, leaves[3])))
             tag = "x".join(map(str, mesh.shape))
             results[f"{tag}/dropout_add_norm {norm}/{placements}"] = "ok" if ok else "differs"
+    return results
+
+
+def concrete_cases(mesh) -> dict:
+    """Concrete dropout: the output and the gradients of x and p_logit (plain, or a replicated
+    DTensor) as one process's, to rounding (torch's log and sigmoid round their vector and
+    scalar paths apart); with shared dims too; and on plain rows inside global_batch."""
+    from dropkit.distributed import global_batch
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    results = {}
+    tag = "x".join(map(str, mesh.shape))
+    x = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(13))
+    for shared in ((), (2,)):
+        logit = torch.tensor(-1.2, requires_grad=True)
+        whole = x.clone().requires_grad_()
+        want = F.concrete_dropout(whole, logit, shared_dims=shared, seed=8)
+        (want * x).sum().backward()
+        for placements in placements_for(mesh, 3):
+            for kind in ("plain", "DTensor"):
+                p = torch.tensor(-1.2, requires_grad=True)
+                p_in = p if kind == "plain" else distribute_tensor(p.detach(), mesh, [Replicate()] * mesh.ndim
+                                                                   ).requires_grad_()
+                dx = distribute_tensor(x, mesh, list(placements)).requires_grad_()
+                y = F.concrete_dropout(dx, p_in, shared_dims=shared, seed=8)
+                (y * distribute_tensor(x, mesh, list(placements))).sum().backward()
+                p_grad = p.grad if kind == "plain" else p_in.grad.full_tensor()
+                ok = tuple(y.placements) == tuple(placements) and close(y.full_tensor(), want.detach())
+                ok = ok and close(dx.grad.full_tensor(), whole.grad) and close(p_grad, logit.grad)
+                key = f"{tag}/concrete shared {shared} p_logit {kind}/{placements}"
+                results[key] = "ok" if ok else "differs"
+    if mesh.ndim == 1:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        rows = torch.randn(2 * world, 5, generator=torch.Generator().manual_seed(14))
+        want = F.concrete_dropout(rows, torch.tensor(-1.0), seed=3).chunk(world)[rank]
+        with global_batch(mesh, 0):
+            got = F.concrete_dropout(rows.chunk(world)[rank], torch.tensor(-1.0), seed=3)
+        ok = type(got) is torch.Tensor and close(got, want)
+        results["global_batch/concrete"] = "ok" if ok else "differs"
     return results
 
 
@@ -318,13 +363,16 @@ def global_batch_cases(mesh, mesh2) -> dict:
             ok = got.placements == (placement,) and torch.equal(got.full_tensor(), want)
             results[f"global_batch/2-D {placement}"] = "ok" if ok else "differs"
     refusals = {
-        "concrete dropout": lambda: F.concrete_dropout(rows, torch.tensor(-1.0), seed=1),
+        "concrete on a DTensor": lambda: F.concrete_dropout(distribute_tensor(rows, mesh, [Replicate()]),
+                                                             torch.tensor(-1.0), seed=1),
+        "low-level op": lambda: dropkit.ops.dropout(rows.contiguous(), 1, 0, 2**31, 2.0, "bits"),
         "nested": lambda: global_batch(mesh, 0).__enter__(),
         "unequal batches": lambda: F.dropout(x[: rank + 1], 0.3, seed=1),
         "mesh dim name": lambda: global_batch(mesh, "dp").__enter__(),
     }
     expected_errors = {
-        "concrete dropout": (TypeError, "global-batch"), "nested": (RuntimeError, "nest"),
+        "concrete on a DTensor": (TypeError, "global_batch"),
+        "low-level op": (TypeError, "global-batch"), "nested": (RuntimeError, "nest"),
         "unequal batches": (ValueError, "same batch size"), "mesh dim name": (ValueError, "dp"),
     }
     for name, fn in refusals.items():

@@ -14,7 +14,8 @@ of the result equals the same call on ``x.full_tensor()`` in one process, bit fo
   Gaussian noise are not linear in ``x`` and refuse it.
 * The same holds for alpha dropout (the mask words), Gaussian dropout and noise (the
   normals, :func:`normals_at`) and DropBlock (:func:`drop_block`: the seeds of the block and
-  of its halo, and the global kept count); :func:`rowwise` runs ``dropout_add_norm``'s norm.
+  of its halo, and the global kept count) and Concrete dropout (:func:`apply_concrete`);
+  :func:`rowwise` runs ``dropout_add_norm``'s norm.
 * Before drawing, the ranks check that they hold the same stream position (one all-reduce
   over the mesh): different seeds per rank would silently give per-rank masks, so they raise.
 * What is not supported (a placement other than ``Replicate``/``Shard``/``Partial``, such as
@@ -41,10 +42,12 @@ from dropkit.backends._shared import (
     opmath_dtype,
     sqrt_rn,
 )
-from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed
+from dropkit.rng import _MASK32, _philox_rounds, signed_to_seed, words_to_uniform
 
-__all__ = ["is_dtensor", "routes", "apply_dropout", "apply_alpha", "apply_gaussian", "drop_block", "words_at",
-           "normals_at", "rowwise", "outside_global_batch", "global_batch_mesh"]
+__all__ = [
+    "is_dtensor", "routes", "apply_dropout", "apply_alpha", "apply_gaussian", "apply_concrete", "drop_block",
+    "words_at", "normals_at", "rowwise", "outside_global_batch", "global_batch_mesh",
+]
 
 # (mesh, data-parallel mesh dim, batch dim) while dropkit.distributed.global_batch is active, else
 # None: read by dropkit.functional.dropout on every call and by the ops' input guard.
@@ -392,6 +395,47 @@ def drop_block(x: torch.Tensor, blocks: tuple[int, ...], threshold: int, shared_
     words = lambda shape: math.prod(dropblock_seed_shape(shape, blocks, shared_channels))  # noqa: E731
     y = _run(x, f"drop_block{len(blocks)}d", words, local, stream, False, linear=True)
     return y, found["kept"]
+
+
+def apply_concrete(
+    x: torch.Tensor, p_logit: torch.Tensor, dims: tuple[int, ...], stream: object,
+    formula: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Concrete dropout for a DTensor ``x`` (or a plain ``x`` inside ``global_batch``): element
+    ``i`` of the mask (``dims`` shared) takes the uniform of word ``i``, as one process draws
+    it, and each rank applies ``formula(block, u, p_logit)`` (the relaxed mask of
+    :func:`dropkit.functional.concrete_dropout`) to its block.
+
+    ``p_logit`` (plain, taken as replicated, or a replicated DTensor) gets the gradient summed
+    over the ranks that hold different blocks, as one process's; a plain ``x`` inside
+    ``global_batch`` leaves ``p_logit``'s gradient per rank, for DDP to reduce. The
+    transcendental functions are torch's, whose vector and scalar paths may round the last bit
+    apart, so the result agrees with one process to rounding, not bit for bit.
+
+    Shape:
+        x: any global shape; output: a DTensor of the same shape, mesh and placements.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    if global_batch_mesh is not None and is_dtensor(x):
+        raise TypeError("concrete_dropout on a DTensor inside dropkit.distributed.global_batch is not "
+                        "supported (its p_logit gradient would be reduced twice); call it outside the "
+                        "context, or on plain per-rank tensors")
+    wrap = is_dtensor(x)
+
+    def local(block: torch.Tensor, seed: int, offset: int, where: _Block) -> torch.Tensor:
+        words = words_at(seed, offset, where.index(dims, block.device))
+        u = words_to_uniform(words, opmath_dtype(block.dtype))
+        logit = p_logit
+        if wrap:
+            if not is_dtensor(logit):
+                replicated = [Replicate()] * where.mesh.ndim
+                logit = DTensor.from_local(logit, where.mesh, replicated, run_check=False)
+            grads = [Replicate() if p.is_replicate() else Partial() for p in where.placements]
+            logit = logit.to_local(grad_placements=grads)
+        return formula(block, u, logit)
+
+    return _run(x, "concrete_dropout", _reduced_count(dims), local, stream, False, linear=True)
 
 
 def normals_at(seed: int, offset: int, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -221,10 +221,9 @@ def global_batch(mesh: object, mesh_dim: int | str = 0, batch_dim: int = 0) -> I
     seeds (the opposite of :func:`seed_streams`, whose per-rank seeds give per-rank masks); the
     ranks check that they agree, and that their batch sizes are equal, at each call (one
     all-reduce each). Dropout, ``shared_dims``, Dropout1d/2d/3d, DropPath/StochasticDepth,
-    locked dropout, (feature) alpha dropout, Gaussian dropout and noise, DropBlock and
-    ``dropout_add_norm`` run inside; weight dropouts (embedding dropout, DropConnect) draw their
-    whole masks on every rank, as one process does once per batch; Concrete dropout raises a
-    TypeError rather than draw a per-rank mask. Eager
+    locked dropout, (feature) alpha dropout, Gaussian dropout and noise, DropBlock, Concrete
+    dropout and ``dropout_add_norm`` run inside; weight dropouts (embedding dropout,
+    DropConnect) draw their whole masks on every rank, as one process does once per batch. Eager
     mode only; the context is process-wide (not per thread).
 
     Args:

@@ -34,7 +34,6 @@ from dropkit import _dtensor
 from dropkit.functional._checks import check_dims, check_floating, open_stream
 from dropkit.functional._noise import draw_uniform, opmath
 from dropkit.functional.dropout import mask_shape
-from dropkit.ops._inputs import plain
 
 __all__ = ["concrete_dropout", "concrete_regularizer", "concrete_regularizer_from_logit"]
 
@@ -87,15 +86,21 @@ def apply_concrete(
 ) -> torch.Tensor:
     """The unchecked core of :func:`concrete_dropout` in training: one uniform per element of
     the mask shape, drawn from ``stream``."""
-    if _dtensor.routes(input):
-        plain(input, "concrete_dropout")  # a DTensor or a global-batch draw: refused, naming it
+    if _dtensor.routes(input):  # each rank's block of the one-process draw
+        return _dtensor.apply_concrete(input, p_logit, dims, stream, lambda x, u, logit: _relaxed(
+            x, u, logit, temperature))
     shape = mask_shape(input.shape, dims)
-    dt = opmath(input)
-    u = draw_uniform(stream, math.prod(shape), dt, input.device).view(shape)
-    logit = p_logit.to(dt).reshape(())
+    u = draw_uniform(stream, math.prod(shape), opmath(input), input.device).view(shape)
+    return _relaxed(input, u, p_logit, temperature)
+
+
+def _relaxed(x: torch.Tensor, u: torch.Tensor, p_logit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``x * (1 - z) / sigmoid(-p_logit)`` with ``z = sigmoid((p_logit + log u - log(1 - u)) / t)``,
+    in ``u``'s dtype (the opmath dtype of ``x``), rounded once to ``x``'s."""
+    logit = p_logit.to(u.dtype).reshape(())
     z = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / temperature)
     keep_scale = (1.0 - z) / torch.sigmoid(-logit)
-    return (input.to(dt) * keep_scale).to(input.dtype)
+    return (x.to(u.dtype) * keep_scale).to(x.dtype)
 
 
 def concrete_regularizer(

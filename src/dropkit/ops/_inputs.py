@@ -31,11 +31,9 @@ _STRIDED = torch.strided
 _state = threading.local()
 
 _ADVICE = {
-    "dtensor": "dropkit's DTensor support (docs/reproducibility.md) covers dropout, shared-mask "
-               "dropout (Dropout1d/2d/3d, DropPath, locked dropout), alpha dropout, Gaussian "
-               "dropout and noise, DropBlock, dropout_add_norm, weight dropout and attention "
-               "dropout; for this op call it on "
-               "x.full_tensor(), or on x.to_local() if per-rank masks are meant",
+    "dtensor": "dropkit's functions and layers take DTensors (docs/reproducibility.md), its "
+               "low-level ops do not; call the dropkit.functional function, or this op on "
+               "x.to_local() if per-rank masks are meant",
     "nested": "call it on each component (x.unbind()) or on x.values()",
     "sparse": "call .to_dense() first",
     "quantized": "call .dequantize() first",
@@ -74,9 +72,8 @@ def _sort(x: torch.Tensor, op: str, refuse: bool) -> bool:
     if _dtensor.global_batch_mesh is not None and refuse:
         raise TypeError(
             f"dropkit's {op} does not draw global-batch masks: inside dropkit.distributed.global_batch "
-            "only dropout, the shared-mask dropouts (Dropout1d/2d/3d, DropPath, locked dropout), "
-            "alpha dropout, Gaussian dropout and noise, DropBlock, dropout_add_norm and the weight "
-            "dropouts run; call this one outside the context (per-rank masks) or on the gathered batch"
+            "call dropkit's functions and layers (they do), or call this low-level op outside the "
+            "context (per-rank masks)"
         )
     if torch.compiler.is_compiling():
         return True  # the op's custom ops and their fake kernels take it from here
