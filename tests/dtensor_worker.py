@@ -280,6 +280,8 @@ def drop_block_cases(mesh) -> dict:
         "b4": lambda t, s: F.drop_block2d(t, 0.4, 4, seed=s),
         "shared channels": lambda t, s: F.drop_block2d(t, 0.4, (3, 2), shared_channels=True, seed=s),
         "eps": lambda t, s: dropkit.DropBlock2d(0.4, 3, eps=1e-6, seed=s)(t),
+        "eps shared channels": lambda t, s: dropkit.DropBlock2d(0.4, 3, eps=50.0, shared_channels=True,
+                                                                seed=s)(t),
     }
     for name, call in calls.items():
         for placements in placements_for(mesh, 4):

@@ -342,7 +342,8 @@ def apply_gaussian(x: torch.Tensor, c: float, additive: bool, stream: object, in
 def drop_block(x: torch.Tensor, blocks: tuple[int, ...], threshold: int, shared_channels: bool, stream: object
                ) -> tuple[torch.Tensor, int]:
     """DropBlock on a batched DTensor ``x`` ``(N, C, *spatial)``: ``(y, kept)`` with ``y`` each
-    rank's block of the one-process output and ``kept`` the global kept count.
+    rank's block of the one-process output and ``kept`` the global count of kept positions of
+    the mask ``(N, C or 1, *spatial)``.
 
     Seed ``k`` of the grid ``(N, C or 1, f - b + 1, ...)`` is set iff word ``k`` < ``threshold``
     (:func:`dropkit.backends.reference.dropblock_mask`); each rank draws the seeds of its block

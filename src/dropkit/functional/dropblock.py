@@ -109,6 +109,7 @@ def apply_drop_block(
     if _dtensor.routes(x):
         y, kept = _dtensor.drop_block(x, blocks, keep_threshold(gamma), shared_channels, stream)
         if eps > 0.0:
+            kept *= x.shape[1] if shared_channels else 1  # the kept elements of x, as counted below
             y = y * (kept / (kept + eps))
         y = y.view(input.shape)
         return input.copy_(y) if inplace else y
