@@ -62,12 +62,12 @@ def apply_alpha(
         y = zeros_with_grad(input)
     else:
         a, b, alpha_p = alpha_affine(p)
+        fill = a * alpha_p + b
         if _dtensor.routes(input):
             dims = tuple(d for d, n in enumerate(mask_shape) if n == 1 and input.shape[d] != 1)
-            fill = a * alpha_p + b
             return _dtensor.apply_alpha(input, dims, keep_threshold(p), a, b, fill, stream, inplace)
         seed, offset = stream.take(math.prod(mask_shape))
-        y = ops.alpha(input, mask_shape, seed, offset, keep_threshold(p), a, b, a * alpha_p + b, "bits")
+        y = ops.alpha(input, mask_shape, seed, offset, keep_threshold(p), a, b, fill, "bits")
     return input.copy_(y) if inplace else y
 
 

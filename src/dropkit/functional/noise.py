@@ -140,4 +140,3 @@ def apply_gaussian_noise(input: torch.Tensor, stddev: float, inplace: bool, stre
     seed, offset = stream.take(2 * ((n + 1) // 2))
     y = ops.gaussian(input, seed, offset, stddev, True)
     return input.copy_(y) if inplace else y
-
